@@ -1,0 +1,243 @@
+//! `chat-router`: the local server and the admin commands.
+//!
+//! Commands print JSON on stdout; errors go to stderr with a non-zero exit status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chat_router::config::Config;
+use chat_router::queue::OutboxOnly;
+use chat_router::store::Store;
+use chat_router::tenants::{self, BusinessConfig, DEFAULT_CAPACITY};
+use chat_router::webhook::Webhook;
+use chat_router_local::{demo, gateway};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// Multi-tenant customer-chat router: local server and admin commands.
+///
+/// The database comes from DATABASE_URL (a file path, or a libsql:// / https:// /
+/// http:// URL with DATABASE_AUTH_TOKEN); unset means ./chat-router.db.
+#[derive(Parser)]
+#[command(name = "chat-router", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending schema migrations (safe to run repeatedly and concurrently).
+    Migrate,
+    /// Serve the webhook over HTTP, as API Gateway and Lambda would.
+    Serve {
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Create the demo tenant (or issue it fresh credentials) and print them.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Manage businesses.
+    Business {
+        #[command(subcommand)]
+        command: BusinessCommand,
+    },
+    /// Manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Manage webhook keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BusinessCommand {
+    /// Create a business from a JSON tenant file; prints its id and webhook key.
+    Create {
+        /// `{"name", "departments": [{"name", "description", "examples"}], "fallbackDepartment", "confidenceThreshold"}`
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Create an agent; prints its id and token.
+    Create {
+        #[arg(long)]
+        business: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        department: String,
+        /// Most active conversations at once.
+        #[arg(long, default_value_t = DEFAULT_CAPACITY)]
+        capacity: i64,
+    },
+    /// Revoke an agent's token.
+    Revoke {
+        #[arg(long)]
+        agent: String,
+    },
+    /// Issue a new token for an agent (the old one stops working).
+    Token {
+        #[arg(long)]
+        agent: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Issue a new webhook key for a business (the old one stops working).
+    Rotate {
+        #[arg(long)]
+        business: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    chat_router::telemetry::init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    match command {
+        Command::Migrate => {
+            let store = Store::connect(config.database).await?;
+            let version = store.migrate().await?;
+            print(json!({ "schemaVersion": version }));
+        }
+        Command::Serve { addr, demo } => serve(config, addr, demo).await?,
+        Command::Business {
+            command: BusinessCommand::Create { config: path },
+        } => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let business: BusinessConfig = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            let store = Store::open(config.database).await?;
+            print(json!(tenants::create_business(&store, &business).await?));
+        }
+        Command::Agent { command } => {
+            let store = Store::open(config.database).await?;
+            match command {
+                AgentCommand::Create {
+                    business,
+                    name,
+                    department,
+                    capacity,
+                } => {
+                    let agent =
+                        tenants::create_agent(&store, &business, &name, &department, capacity)
+                            .await?;
+                    print(json!(agent));
+                }
+                AgentCommand::Revoke { agent } => {
+                    tenants::revoke_agent(&store, &agent).await?;
+                    print(json!({ "id": agent, "revoked": true }));
+                }
+                AgentCommand::Token { agent } => {
+                    let token = tenants::issue_agent_token(&store, &agent).await?;
+                    print(json!({ "id": agent, "token": token }));
+                }
+            }
+        }
+        Command::Key {
+            command: KeyCommand::Rotate { business },
+        } => {
+            let store = Store::open(config.database).await?;
+            let key = tenants::rotate_webhook_key(&store, &business).await?;
+            print(json!({ "businessId": business, "webhookKey": key }));
+        }
+    }
+    Ok(())
+}
+
+async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Result<()> {
+    let store = Arc::new(Store::open(config.database).await?);
+    let demo = if with_demo {
+        demo::ensure(&store).await?
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+
+    let mut ready = json!({ "listening": local.to_string() });
+    if let Some(demo) = &demo {
+        let curl = format!(
+            "curl -i http://{local}/webhook/message -H 'Authorization: Bearer {key}' \
+             -H 'Content-Type: application/json' \
+             -d '{{\"businessId\": \"{business}\", \"message\": \"I want to know the price\"}}'",
+            key = demo.webhook_key,
+            business = demo.business_id,
+        );
+        ready["demo"] = json!(demo);
+        ready["curl"] = json!(curl);
+        eprintln!("\nDemo tenant ready. Post a customer message with:\n\n  {curl}\n");
+    } else if with_demo {
+        eprintln!("The database holds other businesses; no demo tenant was created.");
+    }
+    print(ready);
+
+    let webhook = Webhook::new(store, Arc::new(OutboxOnly));
+    tracing::info!(addr = %local, "listening");
+    gateway::serve(listener, webhook, shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn print(value: serde_json::Value) {
+    println!("{value}");
+}

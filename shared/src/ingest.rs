@@ -1,0 +1,271 @@
+//! Storing a customer's message: the webhook's one transaction.
+//!
+//! The idempotency record goes in first, so of two simultaneous requests with one
+//! key the database lets exactly one through and the other replays its answer. The
+//! conversation (found or created), the message with its sequence number and the
+//! routing job follow in the same transaction: either all of it is stored or none.
+
+use libsql::TransactionBehavior;
+
+use crate::store::{Context, Store, StoreError, text};
+use crate::timestamp;
+
+/// A validated message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The authenticated business.
+    pub business_id: String,
+    /// The customer's text.
+    pub content: String,
+    /// Threads messages: a customer's messages join their conversation that is not closed.
+    pub customer_id: Option<String>,
+    /// Shown to agents.
+    pub customer_name: Option<String>,
+    /// Where the message came from (web, sms, ...), as the business names it.
+    pub channel: Option<String>,
+    /// The `Idempotency-Key` header and a hash of the request it came with.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An idempotency key and the request it belongs to.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// As the client sent it.
+    pub key: String,
+    /// SHA-256 of the normalised request.
+    pub request_hash: [u8; 32],
+}
+
+/// A routing job, as handed to the queue: ids only, never the customer's text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    /// Unique; also the queue's deduplication id.
+    pub id: String,
+    /// Order of creation.
+    pub seq: i64,
+    /// The business.
+    pub business_id: String,
+    /// The conversation, which is also the queue's ordering group.
+    pub conversation_id: String,
+    /// The message the job is about.
+    pub message_id: String,
+}
+
+/// Where a stored message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The conversation it joined or started.
+    pub conversation_id: String,
+    /// The stored message.
+    pub message_id: String,
+}
+
+/// What [`ingest`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored now; the job is to be handed to the queue.
+    Stored {
+        /// Ids for the answer.
+        receipt: Receipt,
+        /// The job stored with the message.
+        job: Job,
+        /// Whether this message started a conversation.
+        new_conversation: bool,
+    },
+    /// The same key and request were seen before; nothing was stored.
+    Replayed(Receipt),
+    /// The same key came with a different request; nothing was stored.
+    Conflict,
+}
+
+/// Stores a message, its conversation when new, its job and its idempotency record in
+/// one transaction.
+pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, StoreError> {
+    let message_id = crate::new_id();
+    let job_id = crate::new_id();
+    let now = timestamp::now();
+
+    let conn = store.writer().await?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .await
+        .context("starting to store a message")?;
+    let result = store_message(&tx, message, &message_id, &job_id, &now).await;
+    crate::tenants::finish(tx, result).await
+}
+
+async fn store_message(
+    tx: &libsql::Connection,
+    message: &NewMessage,
+    message_id: &str,
+    job_id: &str,
+    now: &str,
+) -> Result<Outcome, StoreError> {
+    let business_id = message.business_id.as_str();
+
+    // The record goes first: under the write lock, the second of two requests with
+    // one key finds it and replays.
+    if let Some(idempotency) = &message.idempotency {
+        let inserted = tx
+            .execute(
+                r#"INSERT INTO "IdempotencyRecord" ("businessId", "key", "requestHash", "messageId", "createdAt")
+                   VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING"#,
+                libsql::params![
+                    business_id,
+                    idempotency.key.as_str(),
+                    idempotency.request_hash.to_vec(),
+                    message_id,
+                    now
+                ],
+            )
+            .await
+            .context("recording an idempotency key")?;
+        if inserted == 0 {
+            return replay(tx, business_id, idempotency).await;
+        }
+    }
+
+    // Join the customer's conversation that is not closed, or start one.
+    let existing = match &message.customer_id {
+        Some(customer) => {
+            let mut rows = tx
+                .query(
+                    r#"SELECT "id" FROM "Conversation"
+                       WHERE "businessId" = ?1 AND "customerId" = ?2 AND "status" <> 'closed'"#,
+                    libsql::params![business_id, customer.as_str()],
+                )
+                .await
+                .context("finding the customer's conversation")?;
+            match rows
+                .next()
+                .await
+                .context("finding the customer's conversation")?
+            {
+                Some(row) => Some(text(&row, 0)?),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let new_conversation = existing.is_none();
+    let conversation_id = match existing {
+        Some(id) => id,
+        None => {
+            let id = crate::new_id();
+            tx.execute(
+                r#"INSERT INTO "Conversation" ("id", "businessId", "department", "status", "createdAt", "customerId", "customerName", "channel", "updatedAt")
+                   VALUES (?1, ?2, '', 'pending', ?3, ?4, ?5, ?6, ?3)"#,
+                libsql::params![
+                    id.as_str(),
+                    business_id,
+                    now,
+                    message.customer_id.as_deref(),
+                    message.customer_name.as_deref(),
+                    message.channel.as_deref()
+                ],
+            )
+            .await
+            .context("creating a conversation")?;
+            id
+        }
+    };
+
+    // The next sequence number orders the conversation's messages.
+    let mut rows = tx
+        .query(
+            r#"UPDATE "Conversation" SET "lastSequence" = "lastSequence" + 1, "updatedAt" = ?2
+               WHERE "id" = ?1 RETURNING "lastSequence""#,
+            libsql::params![conversation_id.as_str(), now],
+        )
+        .await
+        .context("numbering a message")?;
+    let sequence: i64 = match rows.next().await.context("numbering a message")? {
+        Some(row) => row.get(0).context("numbering a message")?,
+        None => return Err(StoreError::Corrupt("conversation vanished".into())),
+    };
+    drop(rows);
+
+    tx.execute(
+        r#"INSERT INTO "Message" ("id", "conversationId", "sender", "content", "createdAt", "sequence")
+           VALUES (?1, ?2, 'customer', ?3, ?4, ?5)"#,
+        libsql::params![
+            message_id,
+            conversation_id.as_str(),
+            message.content.as_str(),
+            now,
+            sequence
+        ],
+    )
+    .await
+    .context("storing a message")?;
+
+    let mut rows = tx
+        .query(
+            r#"INSERT INTO "Job" ("id", "kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt")
+               VALUES (?1, 'message', ?2, ?3, ?4, ?5, ?5) RETURNING "seq""#,
+            libsql::params![job_id, business_id, conversation_id.as_str(), message_id, now],
+        )
+        .await
+        .context("storing a job")?;
+    let seq: i64 = match rows.next().await.context("storing a job")? {
+        Some(row) => row.get(0).context("storing a job")?,
+        None => return Err(StoreError::Corrupt("job insert returned nothing".into())),
+    };
+    drop(rows);
+
+    if let Some(idempotency) = &message.idempotency {
+        tx.execute(
+            r#"UPDATE "IdempotencyRecord" SET "conversationId" = ?3 WHERE "businessId" = ?1 AND "key" = ?2"#,
+            libsql::params![business_id, idempotency.key.as_str(), conversation_id.as_str()],
+        )
+        .await
+        .context("completing an idempotency record")?;
+    }
+
+    Ok(Outcome::Stored {
+        receipt: Receipt {
+            conversation_id: conversation_id.clone(),
+            message_id: message_id.to_owned(),
+        },
+        job: Job {
+            id: job_id.to_owned(),
+            seq,
+            business_id: business_id.to_owned(),
+            conversation_id,
+            message_id: message_id.to_owned(),
+        },
+        new_conversation,
+    })
+}
+
+async fn replay(
+    tx: &libsql::Connection,
+    business_id: &str,
+    idempotency: &Idempotency,
+) -> Result<Outcome, StoreError> {
+    let mut rows = tx
+        .query(
+            r#"SELECT "requestHash", "conversationId", "messageId" FROM "IdempotencyRecord"
+               WHERE "businessId" = ?1 AND "key" = ?2"#,
+            libsql::params![business_id, idempotency.key.as_str()],
+        )
+        .await
+        .context("reading an idempotency record")?;
+    let row = rows
+        .next()
+        .await
+        .context("reading an idempotency record")?
+        .ok_or_else(|| StoreError::Corrupt("idempotency record vanished".into()))?;
+    let stored: Vec<u8> = row.get(0).context("reading an idempotency record")?;
+    if !crate::credentials::hashes_match(&stored, &idempotency.request_hash) {
+        return Ok(Outcome::Conflict);
+    }
+    let conversation_id: Option<String> = row.get(1).context("reading an idempotency record")?;
+    let conversation_id = conversation_id
+        .ok_or_else(|| StoreError::Corrupt("idempotency record without conversation".into()))?;
+    Ok(Outcome::Replayed(Receipt {
+        conversation_id,
+        message_id: text(&row, 2)?,
+    }))
+}

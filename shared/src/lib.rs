@@ -1,0 +1,31 @@
+//! chat-router's library: every rule of the product lives here, and the binaries
+//! (one Lambda function per handler, and the local `chat-router`) stay thin.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings parsed once from the environment.
+//! - [`store`]: the libsql database (local file or remote server) and its migrations.
+//! - [`tenants`]: businesses, departments, agents, and their credentials.
+//! - [`credentials`]: generating and hashing webhook keys and agent tokens.
+//! - [`ingest`]: the transaction that stores a customer's message.
+//! - [`queue`]: handing stored jobs on to be processed.
+//! - [`webhook`]: the HTTP API handler shared by Lambda and the local gateway.
+//! - [`error`]: the HTTP error contract.
+//! - [`timestamp`]: dates in Prisma's storage format.
+//! - [`telemetry`]: logging setup.
+
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod ingest;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod tenants;
+pub mod timestamp;
+pub mod webhook;
+
+/// A new id: a lowercase hyphenated UUID v4, as Prisma's `uuid()` default makes.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

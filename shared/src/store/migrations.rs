@@ -1,0 +1,161 @@
+//! Versioned schema migrations.
+//!
+//! Version 1 creates the four documented tables exactly as Prisma's migration for the
+//! documented schema does (`IF NOT EXISTS` lets us adopt a database Prisma created;
+//! SQLite drops that clause from the stored definition), then adds what the product
+//! needs as nullable or defaulted columns and new tables. Documented columns are never
+//! changed. Each migration runs in one `BEGIN IMMEDIATE` transaction that first
+//! re-reads the version, so two processes migrating at once apply it exactly once.
+
+/// One schema step.
+pub struct Migration {
+    /// Strictly increasing, starting at 1.
+    pub version: i64,
+    /// A short name, stored with the version.
+    pub name: &'static str,
+    /// Statements separated by `;` at line ends; none may contain a `;` of its own.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "documented schema and product tables",
+    sql: V1,
+}];
+
+/// The schema version this build reads and writes.
+pub const CURRENT_VERSION: i64 = 1;
+
+const V1: &str = r#"
+CREATE TABLE IF NOT EXISTS "Business" (
+    "id" TEXT NOT NULL PRIMARY KEY,
+    "name" TEXT NOT NULL,
+    "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+
+CREATE TABLE IF NOT EXISTS "Agent" (
+    "id" TEXT NOT NULL PRIMARY KEY,
+    "name" TEXT NOT NULL,
+    "department" TEXT NOT NULL,
+    "businessId" TEXT NOT NULL,
+    "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT "Agent_businessId_fkey" FOREIGN KEY ("businessId") REFERENCES "Business" ("id") ON DELETE RESTRICT ON UPDATE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS "Conversation" (
+    "id" TEXT NOT NULL PRIMARY KEY,
+    "businessId" TEXT NOT NULL,
+    "department" TEXT NOT NULL,
+    "status" TEXT NOT NULL,
+    "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT "Conversation_businessId_fkey" FOREIGN KEY ("businessId") REFERENCES "Business" ("id") ON DELETE RESTRICT ON UPDATE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS "Message" (
+    "id" TEXT NOT NULL PRIMARY KEY,
+    "conversationId" TEXT NOT NULL,
+    "sender" TEXT NOT NULL,
+    "content" TEXT NOT NULL,
+    "createdAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    CONSTRAINT "Message_conversationId_fkey" FOREIGN KEY ("conversationId") REFERENCES "Conversation" ("id") ON DELETE RESTRICT ON UPDATE CASCADE
+);
+
+ALTER TABLE "Business" ADD COLUMN "confidenceThreshold" REAL NOT NULL DEFAULT 0.5;
+
+ALTER TABLE "Agent" ADD COLUMN "capacity" INTEGER NOT NULL DEFAULT 5;
+
+ALTER TABLE "Conversation" ADD COLUMN "customerId" TEXT;
+ALTER TABLE "Conversation" ADD COLUMN "customerName" TEXT;
+ALTER TABLE "Conversation" ADD COLUMN "channel" TEXT;
+ALTER TABLE "Conversation" ADD COLUMN "assignedAgentId" TEXT;
+ALTER TABLE "Conversation" ADD COLUMN "intent" TEXT;
+ALTER TABLE "Conversation" ADD COLUMN "confidence" REAL;
+ALTER TABLE "Conversation" ADD COLUMN "classifier" TEXT;
+ALTER TABLE "Conversation" ADD COLUMN "updatedAt" DATETIME;
+ALTER TABLE "Conversation" ADD COLUMN "closedAt" DATETIME;
+ALTER TABLE "Conversation" ADD COLUMN "lastSequence" INTEGER NOT NULL DEFAULT 0;
+
+ALTER TABLE "Message" ADD COLUMN "sequence" INTEGER;
+
+CREATE UNIQUE INDEX "Conversation_open_customer_key" ON "Conversation" ("businessId", "customerId")
+    WHERE "customerId" IS NOT NULL AND "status" <> 'closed';
+CREATE INDEX "Conversation_businessId_department_status_idx" ON "Conversation" ("businessId", "department", "status");
+CREATE INDEX "Conversation_assignedAgentId_status_idx" ON "Conversation" ("assignedAgentId", "status");
+CREATE UNIQUE INDEX "Message_conversationId_sequence_key" ON "Message" ("conversationId", "sequence");
+CREATE INDEX "Agent_businessId_department_idx" ON "Agent" ("businessId", "department");
+
+CREATE TABLE "Department" (
+    "id" TEXT NOT NULL PRIMARY KEY,
+    "businessId" TEXT NOT NULL,
+    "name" TEXT NOT NULL,
+    "description" TEXT NOT NULL DEFAULT '',
+    "examples" TEXT NOT NULL DEFAULT '[]',
+    "intents" TEXT NOT NULL DEFAULT '[]',
+    "isFallback" BOOLEAN NOT NULL DEFAULT false,
+    "position" INTEGER NOT NULL,
+    "createdAt" DATETIME NOT NULL,
+    CONSTRAINT "Department_businessId_fkey" FOREIGN KEY ("businessId") REFERENCES "Business" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE UNIQUE INDEX "Department_businessId_name_key" ON "Department" ("businessId", "name");
+CREATE UNIQUE INDEX "Department_businessId_fallback_key" ON "Department" ("businessId") WHERE "isFallback";
+
+CREATE TABLE "Credential" (
+    "id" TEXT NOT NULL PRIMARY KEY,
+    "kind" TEXT NOT NULL CHECK ("kind" IN ('webhook', 'agent')),
+    "businessId" TEXT NOT NULL,
+    "agentId" TEXT,
+    "secretHash" BLOB NOT NULL,
+    "createdAt" DATETIME NOT NULL,
+    "revokedAt" DATETIME,
+    CONSTRAINT "Credential_businessId_fkey" FOREIGN KEY ("businessId") REFERENCES "Business" ("id") ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT "Credential_agentId_fkey" FOREIGN KEY ("agentId") REFERENCES "Agent" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE UNIQUE INDEX "Credential_secretHash_key" ON "Credential" ("secretHash");
+CREATE UNIQUE INDEX "Credential_active_webhook_key" ON "Credential" ("businessId")
+    WHERE "kind" = 'webhook' AND "revokedAt" IS NULL;
+CREATE UNIQUE INDEX "Credential_active_agent_key" ON "Credential" ("agentId")
+    WHERE "kind" = 'agent' AND "revokedAt" IS NULL;
+
+CREATE TABLE "IdempotencyRecord" (
+    "businessId" TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    "requestHash" BLOB NOT NULL,
+    "conversationId" TEXT,
+    "messageId" TEXT NOT NULL,
+    "createdAt" DATETIME NOT NULL,
+    PRIMARY KEY ("businessId", "key"),
+    CONSTRAINT "IdempotencyRecord_businessId_fkey" FOREIGN KEY ("businessId") REFERENCES "Business" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE "Job" (
+    "seq" INTEGER PRIMARY KEY AUTOINCREMENT,
+    "id" TEXT NOT NULL,
+    "kind" TEXT NOT NULL,
+    "businessId" TEXT NOT NULL,
+    "conversationId" TEXT NOT NULL,
+    "messageId" TEXT NOT NULL,
+    "status" TEXT NOT NULL DEFAULT 'pending',
+    "attempts" INTEGER NOT NULL DEFAULT 0,
+    "lastError" TEXT,
+    "createdAt" DATETIME NOT NULL,
+    "updatedAt" DATETIME NOT NULL,
+    CONSTRAINT "Job_conversationId_fkey" FOREIGN KEY ("conversationId") REFERENCES "Conversation" ("id") ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT "Job_messageId_fkey" FOREIGN KEY ("messageId") REFERENCES "Message" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE UNIQUE INDEX "Job_id_key" ON "Job" ("id");
+CREATE INDEX "Job_status_seq_idx" ON "Job" ("status", "seq");
+CREATE INDEX "Job_conversationId_seq_idx" ON "Job" ("conversationId", "seq")
+"#;
+
+/// The table that records applied versions; created before any migration runs.
+pub const VERSION_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "SchemaMigration" (
+    "version" INTEGER NOT NULL PRIMARY KEY,
+    "name" TEXT NOT NULL,
+    "appliedAt" DATETIME NOT NULL
+)"#;
+
+/// Splits a migration into statements.
+pub fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(";\n").map(str::trim).filter(|s| !s.is_empty())
+}

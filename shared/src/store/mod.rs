@@ -1,0 +1,395 @@
+//! The relational store: libsql over a local file or a remote libsql server.
+//!
+//! [`Store`] owns the connections. A local file gets one writer connection, which
+//! serialises write transactions inside the process (SQLite allows one writer at a
+//! time anyway, and a shared writer avoids lock hand-offs between connections), and a
+//! small pool of reader connections; WAL lets the readers run beside the writer. A
+//! remote server gets a fresh connection per operation, since each is a cheap HTTP
+//! stream. No two concurrent transactions ever share a connection.
+
+pub mod migrations;
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libsql::{Connection, Database, TransactionBehavior};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::timestamp;
+pub use migrations::CURRENT_VERSION;
+
+/// How long a local connection waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reader connections kept open for reuse.
+const READER_POOL: usize = 8;
+
+/// Where the database lives, from `DATABASE_URL`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file on this machine.
+    Local(PathBuf),
+    /// A libsql server (`sqld`, Turso) over HTTP(S).
+    Remote {
+        /// `libsql://`, `https://` or `http://` URL.
+        url: String,
+        /// Sent as a bearer token; empty for a server without auth.
+        auth_token: String,
+    },
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The auth token stays out of every log line and error message.
+        match self {
+            Location::Local(path) => f.debug_tuple("Local").field(path).finish(),
+            Location::Remote { url, .. } => f.debug_struct("Remote").field("url", url).finish(),
+        }
+    }
+}
+
+impl Location {
+    /// Interprets a `DATABASE_URL` value: a `libsql://`, `https://` or `http://` URL
+    /// is a remote server, anything else a file path.
+    pub fn parse(url: &str, auth_token: Option<String>) -> Location {
+        let remote = ["libsql://", "https://", "http://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        if remote {
+            Location::Remote {
+                url: url.to_owned(),
+                auth_token: auth_token.unwrap_or_default(),
+            }
+        } else {
+            Location::Local(PathBuf::from(url.strip_prefix("file:").unwrap_or(url)))
+        }
+    }
+
+    /// True for a remote server.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Location::Remote { .. })
+    }
+}
+
+/// A storage failure. The message names what was being done; the cause chain holds
+/// the driver's error and is logged, never sent to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A statement or connection failed.
+    #[error("{context}")]
+    Database {
+        /// What was being done.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: libsql::Error,
+    },
+    /// The database's schema is not the one this build expects.
+    #[error(
+        "database schema version is {found}, this build needs {expected}; run `chat-router migrate`"
+    )]
+    SchemaMismatch {
+        /// What the database holds (0 when it was never migrated).
+        found: i64,
+        /// [`CURRENT_VERSION`].
+        expected: i64,
+    },
+    /// A row held a value this build cannot read.
+    #[error("unreadable row: {0}")]
+    Corrupt(String),
+}
+
+/// Adds a context message to a libsql result.
+pub trait Context<T> {
+    fn context(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, libsql::Error> {
+    fn context(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Database { context, source })
+    }
+}
+
+/// The database handle shared by every handler of a process.
+pub struct Store {
+    db: Database,
+    location: Location,
+    local: Option<LocalConnections>,
+}
+
+struct LocalConnections {
+    writer: Mutex<Connection>,
+    readers: std::sync::Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens the database. A local file is created if missing and migrated; a remote
+    /// database is only checked (one query), since migrating it is a deploy step.
+    pub async fn open(location: Location) -> Result<Store, StoreError> {
+        let store = Store::connect(location).await?;
+        if store.location.is_remote() {
+            store.check_schema().await?;
+        } else {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    /// Opens the database without migrating or checking it (for `chat-router migrate`).
+    pub async fn connect(location: Location) -> Result<Store, StoreError> {
+        match &location {
+            Location::Local(path) => {
+                let db = open_local(path).await?;
+                let writer = local_connection(&db).await?;
+                Ok(Store {
+                    db,
+                    location,
+                    local: Some(LocalConnections {
+                        writer: Mutex::new(writer),
+                        readers: std::sync::Mutex::new(Vec::new()),
+                    }),
+                })
+            }
+            Location::Remote { url, auth_token } => {
+                let db = libsql::Builder::new_remote(url.clone(), auth_token.clone())
+                    .build()
+                    .await
+                    .context("opening the remote database")?;
+                Ok(Store {
+                    db,
+                    location,
+                    local: None,
+                })
+            }
+        }
+    }
+
+    /// Where this store's data lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// A connection for statements that change data. Locally this is the one writer
+    /// connection, held until the guard drops.
+    pub async fn writer(&self) -> Result<Conn<'_>, StoreError> {
+        match &self.local {
+            Some(local) => Ok(Conn::Writer(local.writer.lock().await)),
+            None => Ok(Conn::Owned(
+                self.db.connect().context("connecting to the database")?,
+            )),
+        }
+    }
+
+    /// A connection for reads.
+    pub async fn reader(&self) -> Result<Conn<'_>, StoreError> {
+        match &self.local {
+            Some(local) => {
+                let pooled = local.readers.lock().expect("reader pool lock").pop();
+                let conn = match pooled {
+                    Some(conn) => conn,
+                    None => local_connection(&self.db).await?,
+                };
+                Ok(Conn::Pooled {
+                    conn: Some(conn),
+                    pool: &local.readers,
+                })
+            }
+            None => Ok(Conn::Owned(
+                self.db.connect().context("connecting to the database")?,
+            )),
+        }
+    }
+
+    /// The applied schema version (0 for an empty database).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let conn = self.reader().await?;
+        schema_version(&conn).await
+    }
+
+    /// Fails with [`StoreError::SchemaMismatch`] unless the database is at
+    /// [`CURRENT_VERSION`].
+    pub async fn check_schema(&self) -> Result<i64, StoreError> {
+        let found = self.schema_version().await?;
+        if found != CURRENT_VERSION {
+            return Err(StoreError::SchemaMismatch {
+                found,
+                expected: CURRENT_VERSION,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Applies every pending migration and returns the resulting version. Safe to
+    /// run from several processes at once.
+    pub async fn migrate(&self) -> Result<i64, StoreError> {
+        let conn = self.writer().await?;
+        conn.execute(migrations::VERSION_TABLE, ())
+            .await
+            .context("creating the schema version table")?;
+        let mut version = schema_version(&conn).await?;
+        for migration in migrations::MIGRATIONS {
+            if migration.version <= version {
+                continue;
+            }
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .await
+                .context("starting a migration")?;
+            let result = apply(&tx, migration).await;
+            match result {
+                Ok(true) => tx.commit().await.context("committing a migration")?,
+                Ok(false) => tx.rollback().await.context("ending a migration")?,
+                Err(err) => {
+                    let _ = tx.rollback().await;
+                    return Err(err);
+                }
+            }
+            version = migration.version;
+        }
+        if version > CURRENT_VERSION {
+            return Err(StoreError::SchemaMismatch {
+                found: version,
+                expected: CURRENT_VERSION,
+            });
+        }
+        Ok(version)
+    }
+}
+
+/// Applies one migration inside the caller's transaction. Returns false when another
+/// process applied it first.
+async fn apply(conn: &Connection, migration: &migrations::Migration) -> Result<bool, StoreError> {
+    // Re-read under the write lock: another process may have migrated meanwhile.
+    if schema_version(conn).await? >= migration.version {
+        return Ok(false);
+    }
+    for statement in migrations::statements(migration.sql) {
+        conn.execute(statement, ())
+            .await
+            .context("applying a migration")?;
+    }
+    conn.execute(
+        r#"INSERT INTO "SchemaMigration" ("version", "name", "appliedAt") VALUES (?1, ?2, ?3)"#,
+        libsql::params![migration.version, migration.name, timestamp::now()],
+    )
+    .await
+    .context("recording a migration")?;
+    tracing::info!(
+        version = migration.version,
+        name = migration.name,
+        "applied migration"
+    );
+    Ok(true)
+}
+
+async fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    let mut rows = conn
+        .query(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'SchemaMigration'",
+            (),
+        )
+        .await
+        .context("reading the schema version")?;
+    let exists: i64 = match rows.next().await.context("reading the schema version")? {
+        Some(row) => row.get(0).context("reading the schema version")?,
+        None => 0,
+    };
+    if exists == 0 {
+        return Ok(0);
+    }
+    let mut rows = conn
+        .query(
+            r#"SELECT coalesce(max("version"), 0) FROM "SchemaMigration""#,
+            (),
+        )
+        .await
+        .context("reading the schema version")?;
+    match rows.next().await.context("reading the schema version")? {
+        Some(row) => row.get(0).context("reading the schema version"),
+        None => Ok(0),
+    }
+}
+
+async fn open_local(path: &Path) -> Result<Database, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|err| {
+            StoreError::Corrupt(format!("cannot create {}: {err}", parent.display()))
+        })?;
+    }
+    libsql::Builder::new_local(path)
+        .build()
+        .await
+        .context("opening the database file")
+}
+
+/// Opens a local connection with the settings every connection needs.
+async fn local_connection(db: &Database) -> Result<Connection, StoreError> {
+    let conn = db.connect().context("connecting to the database file")?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .context("setting the busy timeout")?;
+    // WAL lets readers run beside the writer; NORMAL syncs at checkpoints, which keeps
+    // every committed transaction across a process crash (not across power loss).
+    for pragma in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+        "PRAGMA foreign_keys = ON",
+    ] {
+        let mut rows = conn
+            .query(pragma, ())
+            .await
+            .context("configuring a connection")?;
+        while rows
+            .next()
+            .await
+            .context("configuring a connection")?
+            .is_some()
+        {}
+    }
+    Ok(conn)
+}
+
+/// A connection borrowed from the [`Store`].
+pub enum Conn<'a> {
+    /// The local writer, held exclusively.
+    Writer(MutexGuard<'a, Connection>),
+    /// A local reader, returned to the pool on drop.
+    Pooled {
+        /// Always `Some` until dropped.
+        conn: Option<Connection>,
+        /// Where it goes back.
+        pool: &'a std::sync::Mutex<Vec<Connection>>,
+    },
+    /// A remote connection of its own.
+    Owned(Connection),
+}
+
+impl Deref for Conn<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Conn::Writer(guard) => guard,
+            Conn::Pooled { conn, .. } => conn.as_ref().expect("pooled connection"),
+            Conn::Owned(conn) => conn,
+        }
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Conn::Pooled { conn, pool } = self
+            && let Some(conn) = conn.take()
+        {
+            let mut pool = pool.lock().expect("reader pool lock");
+            if pool.len() < READER_POOL {
+                pool.push(conn);
+            }
+        }
+    }
+}
+
+/// Reads a required text column.
+pub(crate) fn text(row: &libsql::Row, index: i32) -> Result<String, StoreError> {
+    row.get::<String>(index).context("reading a row")
+}
