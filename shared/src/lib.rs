@@ -7,6 +7,7 @@
 //! - [`store`]: the libsql database (local file or remote server) and its migrations.
 //! - [`tenants`]: businesses, departments, agents, and their credentials.
 //! - [`credentials`]: generating and hashing webhook keys and agent tokens.
+//! - [`conversations`]: reading conversations and messages.
 //! - [`ingest`]: the transaction that stores a customer's message.
 //! - [`queue`]: handing stored jobs on to be processed.
 //! - [`webhook`]: the HTTP API handler shared by Lambda and the local gateway.
@@ -15,6 +16,7 @@
 //! - [`telemetry`]: logging setup.
 
 pub mod config;
+pub mod conversations;
 pub mod credentials;
 pub mod error;
 pub mod ingest;

