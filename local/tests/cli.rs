@@ -1,0 +1,311 @@
+//! The `chat-router` binary as a user runs it: admin commands, `serve --demo`, and
+//! what survives a shutdown or a crash.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_chat-router");
+
+fn chat_router(db: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("runs chat-router")
+}
+
+fn json_out(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn demo_file() -> String {
+    format!("{}/../tenants/demo.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn admin_commands_print_json_and_fail_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("admin.db");
+
+    assert_eq!(
+        json_out(&chat_router(&db, &["migrate"])),
+        json!({"schemaVersion": 1})
+    );
+    assert_eq!(
+        json_out(&chat_router(&db, &["migrate"])),
+        json!({"schemaVersion": 1})
+    );
+
+    let business = json_out(&chat_router(
+        &db,
+        &["business", "create", "--config", &demo_file()],
+    ));
+    let id = business["id"].as_str().unwrap();
+    assert!(business["webhookKey"].as_str().unwrap().starts_with("crk_"));
+
+    let agent = json_out(&chat_router(
+        &db,
+        &[
+            "agent",
+            "create",
+            "--business",
+            id,
+            "--name",
+            "Ann",
+            "--department",
+            "Billing",
+            "--capacity",
+            "3",
+        ],
+    ));
+    assert!(agent["token"].as_str().unwrap().starts_with("cra_"));
+    let agent_id = agent["id"].as_str().unwrap();
+
+    let rotated = json_out(&chat_router(&db, &["key", "rotate", "--business", id]));
+    assert_ne!(rotated["webhookKey"], business["webhookKey"]);
+    let token = json_out(&chat_router(&db, &["agent", "token", "--agent", agent_id]));
+    assert_ne!(token["token"], agent["token"]);
+    let revoked = json_out(&chat_router(&db, &["agent", "revoke", "--agent", agent_id]));
+    assert_eq!(revoked["revoked"], true);
+
+    // Errors: stderr, non-zero, nothing on stdout.
+    for args in [
+        vec![
+            "agent",
+            "create",
+            "--business",
+            id,
+            "--name",
+            "Bo",
+            "--department",
+            "Nope",
+        ],
+        vec!["agent", "revoke", "--agent", "no-such-agent"],
+        vec!["key", "rotate", "--business", "no-such-business"],
+        vec!["business", "create", "--config", "/no/such/file.json"],
+    ] {
+        let output = chat_router(&db, &args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+    let output = chat_router(
+        &db,
+        &[
+            "agent",
+            "create",
+            "--business",
+            id,
+            "--name",
+            "Bo",
+            "--department",
+            "Nope",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("department \"Nope\""));
+}
+
+struct Server {
+    child: Child,
+    ready: Value,
+}
+
+impl Server {
+    fn start(db: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--demo", "--addr", "127.0.0.1:0"])
+            .env("DATABASE_URL", db)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts chat-router serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).expect("a ready line");
+        Server { child, ready }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.ready["listening"].as_str().unwrap())
+    }
+
+    fn business(&self) -> (&str, &str) {
+        (
+            self.ready["demo"]["businessId"].as_str().unwrap(),
+            self.ready["demo"]["webhookKey"].as_str().unwrap(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Posts messages from several tasks until `stop` fires; returns the acknowledged
+/// message ids.
+async fn post_until(
+    server_url: String,
+    business: String,
+    key: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let (client, url, business, key, stop) = (
+            client.clone(),
+            server_url.clone(),
+            business.clone(),
+            key.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !*stop.borrow() {
+                i += 1;
+                let body = json!({"businessId": business, "message": format!("load {worker}-{i}")});
+                let sent = client
+                    .post(format!("{url}/webhook/message"))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                // Errors are expected once the server is gone.
+                let Ok(response) = sent else { break };
+                if response.status() == 202
+                    && let Ok(body) = response.json::<Value>().await
+                {
+                    acked.push(body["messageId"].as_str().unwrap().to_owned());
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    acked
+}
+
+fn stored_ids(db: &Path) -> std::collections::HashSet<String> {
+    let output = Command::new("sqlite3")
+        .arg(db)
+        .arg(r#"SELECT "id" FROM "Message""#)
+        .output();
+    // Prefer our own reader: sqlite3 may not be installed.
+    drop(output);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = chat_router::store::Store::open(chat_router::store::Location::Local(db.into()))
+            .await
+            .unwrap();
+        let conn = store.reader().await.unwrap();
+        let mut rows = conn
+            .query(r#"SELECT "id" FROM "Message""#, ())
+            .await
+            .unwrap();
+        let mut ids = std::collections::HashSet::new();
+        while let Some(row) = rows.next().await.unwrap() {
+            ids.insert(row.get::<String>(0).unwrap());
+        }
+        ids
+    })
+}
+
+fn acknowledged_survive(kill: impl FnOnce(&mut Child)) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let mut server = Server::start(&db);
+    let (business, key) = server.business();
+    let (business, key) = (business.to_owned(), key.to_owned());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked = rt.block_on(async {
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let load = tokio::spawn(post_until(server.url(), business, key, stop));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        kill(&mut server.child);
+        let _ = server.child.wait();
+        // The workers may all have stopped already.
+        let _ = stop_tx.send(true);
+        load.await.unwrap()
+    });
+    drop(rt);
+    assert!(
+        acked.len() > 20,
+        "only {} messages were acknowledged",
+        acked.len()
+    );
+
+    let stored = stored_ids(&db);
+    let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged messages lost", lost.len());
+    acked.len()
+}
+
+#[test]
+fn acknowledged_messages_survive_sigterm_and_the_server_exits_cleanly() {
+    acknowledged_survive(|child| {
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "serve exited with {exit:?} on SIGTERM");
+    });
+}
+
+#[test]
+fn acknowledged_messages_survive_a_crash() {
+    // SIGKILL: no shutdown code runs at all.
+    acknowledged_survive(|child| child.kill().unwrap());
+}
+
+#[test]
+fn serve_demo_creates_the_tenant_once_and_reissues_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let first = Server::start(&db);
+    let (business, key) = first.business();
+    let (business, key) = (business.to_owned(), key.to_owned());
+    assert_eq!(first.ready["demo"]["agents"].as_array().unwrap().len(), 4);
+    assert!(first.ready["curl"].as_str().unwrap().contains(&key));
+    drop(first);
+
+    let second = Server::start(&db);
+    let (again, new_key) = second.business();
+    assert_eq!(again, business);
+    assert_ne!(new_key, key);
+
+    // The printed curl command works as printed.
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -s", second.ready["curl"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("202 Accepted"), "{text}");
+    assert!(text.contains("\"status\":\"Received\""), "{text}");
+}
