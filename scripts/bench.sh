@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Benchmarks. Usage: scripts/bench.sh ingest [SECONDS]
+#
+# ingest: starts `chat-router serve --demo` on a fresh local file, drives
+# POST /webhook/message with oha (installed into .tools/ on first use), and prints
+# throughput and latency at full speed and at a fixed 2,000 requests per second.
+# Then it stops the server and checks that every acknowledged (202) message is in
+# the database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-}
+seconds=${2:-10}
+[ "$what" = ingest ] || { echo "usage: scripts/bench.sh ingest [SECONDS]" >&2; exit 2; }
+
+OHA_VERSION=1.14.0
+OHA=.tools/oha/bin/oha
+if [ ! -x "$OHA" ] || ! "$OHA" --version | grep -q "$OHA_VERSION"; then
+  echo "bench: installing oha $OHA_VERSION into .tools/oha (a few minutes, once)" >&2
+  cargo install --locked --quiet --root .tools/oha oha --version "$OHA_VERSION"
+fi
+
+cargo build --quiet --profile fast --locked -p chat-router-local
+bin=target/fast/chat-router
+
+work=$(mktemp -d)
+server=
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+export DATABASE_URL="$work/bench.db" RUST_LOG=error
+"$bin" serve --demo --addr 127.0.0.1:0 >"$work/ready" 2>"$work/server.log" &
+server=$!
+for _ in $(seq 100); do [ -s "$work/ready" ] && break; sleep 0.1; done
+read -r addr business key < <(python3 -c '
+import json, sys
+d = json.loads(open(sys.argv[1]).readline())
+print(d["listening"], d["demo"]["businessId"], d["demo"]["webhookKey"])' "$work/ready")
+
+body="{\"businessId\": \"$business\", \"message\": \"I want to know the price of the premium plan\"}"
+load() { # name, extra oha flags...
+  local name=$1; shift
+  "$OHA" --no-tui --output-format json -m POST -T application/json \
+    -H "Authorization: Bearer $key" -d "$body" "$@" \
+    "http://$addr/webhook/message" >"$work/$name.json"
+}
+
+load warmup -z 2s -c 16
+load full -z "${seconds}s" -c 64
+load rate2000 -z "${seconds}s" -c 64 -q 2000
+
+kill -TERM "$server"; wait "$server" || true; server=
+
+python3 - "$work" "$DATABASE_URL" "$seconds" <<'PY'
+import json, sqlite3, sys
+work, db, seconds = sys.argv[1], sys.argv[2], sys.argv[3]
+runs = {name: json.load(open(f"{work}/{name}.json")) for name in ("warmup", "full", "rate2000")}
+acked = sum(r["statusCodeDistribution"].get("202", 0) for r in runs.values())
+stored = sqlite3.connect(db).execute('SELECT count(*) FROM "Message"').fetchone()[0]
+
+print(f"\ningest benchmark: POST /webhook/message, local file, {seconds}s per run")
+print(f"{'run':<22}{'requests/s':>12}{'202s':>10}{'other':>8}{'p50 ms':>9}{'p99 ms':>9}")
+for name, label in (("full", "full speed, 64 conns"), ("rate2000", "2,000/s, 64 conns")):
+    r = runs[name]
+    codes = r["statusCodeDistribution"]
+    ok = codes.get("202", 0)
+    other = sum(v for k, v in codes.items() if k != "202") + sum(r.get("errorDistribution", {}).values())
+    p = r["latencyPercentiles"]
+    print(f"{label:<22}{r['summary']['requestsPerSec']:>12.0f}{ok:>10}{other:>8}"
+          f"{p['p50'] * 1000:>9.2f}{p['p99'] * 1000:>9.2f}")
+print(f"\nacknowledged (202): {acked}   stored messages: {stored}")
+if stored < acked:
+    print("FAIL: acknowledged messages are missing from the database")
+    sys.exit(1)
+print("every acknowledged message is stored")
+PY
