@@ -10,11 +10,13 @@
 //! - [`conversations`]: reading conversations and messages.
 //! - [`ingest`]: the transaction that stores a customer's message.
 //! - [`queue`]: handing stored jobs on to be processed.
+//! - [`classify`]: which department a message goes to: classifiers and their fallback chain.
 //! - [`webhook`]: the HTTP API handler shared by Lambda and the local gateway.
 //! - [`error`]: the HTTP error contract.
 //! - [`timestamp`]: dates in Prisma's storage format.
 //! - [`telemetry`]: logging setup.
 
+pub mod classify;
 pub mod config;
 pub mod conversations;
 pub mod credentials;
