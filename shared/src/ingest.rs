@@ -4,8 +4,15 @@
 //! key the database lets exactly one through and the other replays its answer. The
 //! conversation (found or created), the message with its sequence number and the
 //! routing job follow in the same transaction: either all of it is stored or none.
+//!
+//! On a local file, messages that arrive while the writer is busy are committed
+//! together (group commit): one transaction holds many messages, each inside its own
+//! savepoint, so one message's failure undoes only that message. Batching spreads the
+//! cost of a commit over many messages, and the batch runs in a task of its own, so it
+//! completes even if the request that queued a message is dropped.
 
 use libsql::TransactionBehavior;
+use tokio::sync::oneshot;
 
 use crate::store::{Context, Store, StoreError, text};
 use crate::timestamp;
@@ -79,30 +86,105 @@ pub enum Outcome {
     Conflict,
 }
 
+/// A message waiting for the local writer.
+pub(crate) struct Pending {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
 /// Stores a message, its conversation when new, its job and its idempotency record in
 /// one transaction.
 pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, StoreError> {
-    let message_id = crate::new_id();
-    let job_id = crate::new_id();
-    let now = timestamp::now();
+    let Some(local) = store.local() else {
+        // A remote server: one transaction of our own.
+        let conn = store.writer().await?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .await
+            .context("starting to store a message")?;
+        let result = store_message(&tx, message).await;
+        return crate::tenants::finish(tx, result).await;
+    };
 
-    let conn = store.writer().await?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+    let (reply, answer) = oneshot::channel();
+    local.pending.lock().expect("pending lock").push(Pending {
+        message: message.clone(),
+        reply,
+    });
+    tokio::spawn(async move {
+        let conn = local.writer.clone().lock_owned().await;
+        let batch = std::mem::take(&mut *local.pending.lock().expect("pending lock"));
+        // An earlier task may have committed this message along with its own.
+        if !batch.is_empty() {
+            commit_batch(&conn, batch).await;
+        }
+    });
+    answer
         .await
-        .context("starting to store a message")?;
-    let result = store_message(&tx, message, &message_id, &job_id, &now).await;
-    crate::tenants::finish(tx, result).await
+        .map_err(|_| StoreError::Batch("the writer task stopped".into()))?
+}
+
+/// Commits a batch in one transaction, each message in its own savepoint.
+async fn commit_batch(conn: &libsql::Connection, batch: Vec<Pending>) {
+    let size = batch.len();
+    if let Err(err) = conn.execute("BEGIN IMMEDIATE", ()).await {
+        fail_all(batch, "starting a batch", &err);
+        return;
+    }
+    let mut results = Vec::with_capacity(size);
+    for pending in &batch {
+        let result = in_savepoint(conn, &pending.message).await;
+        results.push(result);
+    }
+    if let Err(err) = conn.execute("COMMIT", ()).await {
+        let _ = conn.execute("ROLLBACK", ()).await;
+        fail_all(batch, "committing a batch", &err);
+        return;
+    }
+    tracing::trace!(size, "committed a batch");
+    for (pending, result) in batch.into_iter().zip(results) {
+        // The caller may have gone; the message is stored either way.
+        let _ = pending.reply.send(result);
+    }
+}
+
+async fn in_savepoint(
+    conn: &libsql::Connection,
+    message: &NewMessage,
+) -> Result<Outcome, StoreError> {
+    conn.execute("SAVEPOINT message", ())
+        .await
+        .context("starting a savepoint")?;
+    let result = store_message(conn, message).await;
+    if result.is_err() {
+        conn.execute("ROLLBACK TO message", ())
+            .await
+            .context("undoing a message")?;
+    }
+    conn.execute("RELEASE message", ())
+        .await
+        .context("ending a savepoint")?;
+    result
+}
+
+fn fail_all(batch: Vec<Pending>, doing: &'static str, err: &libsql::Error) {
+    tracing::error!(size = batch.len(), cause = %err, doing, "batch failed");
+    for pending in batch {
+        let _ = pending
+            .reply
+            .send(Err(StoreError::Batch(format!("{doing}: {err}"))));
+    }
 }
 
 async fn store_message(
     tx: &libsql::Connection,
     message: &NewMessage,
-    message_id: &str,
-    job_id: &str,
-    now: &str,
 ) -> Result<Outcome, StoreError> {
     let business_id = message.business_id.as_str();
+    let message_id = crate::new_id();
+    let job_id = crate::new_id();
+    let now = timestamp::now();
+    let (message_id, job_id, now) = (message_id.as_str(), job_id.as_str(), now.as_str());
 
     // The record goes first: under the write lock, the second of two requests with
     // one key finds it and replays.

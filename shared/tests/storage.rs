@@ -623,3 +623,49 @@ both_backends!(admin_errors_leave_nothing_behind, |backend| {
     assert_eq!(names, [("Sales", false), ("General", true)]);
     assert_eq!(departments[0].config.examples, ["how much is it"]);
 });
+
+both_backends!(
+    one_failing_message_does_not_undo_others_committed_with_it,
+    |backend| {
+        let db = TestDb::new(backend).await;
+        let store = Arc::new(db.store().await);
+        let business = tenants::create_business(&store, &tenant()).await.unwrap();
+
+        // Many at once, so that on a local file they share group commits; the messages
+        // for a business that does not exist break a foreign key.
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            let owner = if i % 10 == 3 {
+                "no-such-business".to_owned()
+            } else {
+                business.id.clone()
+            };
+            let msg = message(&owner, Some(&format!("c{}", i % 5)), &format!("m{i}"));
+            tasks.push(tokio::spawn(async move {
+                (i, ingest::ingest(&store, &msg).await)
+            }));
+        }
+        let (mut stored, mut failed) = (0, 0);
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            match result {
+                Ok(Outcome::Stored { .. }) => stored += 1,
+                Err(_) if i % 10 == 3 => failed += 1,
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        assert_eq!((stored, failed), (36, 4));
+        assert_eq!(count(&store, r#"SELECT count(*) FROM "Message""#).await, 36);
+        assert_eq!(count(&store, r#"SELECT count(*) FROM "Job""#).await, 36);
+        assert_eq!(
+            count(&store, r#"SELECT count(*) FROM "Conversation""#).await,
+            5
+        );
+        // Sequence numbers have no gaps.
+        assert_eq!(
+        count(&store, r#"SELECT count(*) FROM "Conversation" WHERE "lastSequence" <> (SELECT count(*) FROM "Message" m WHERE m."conversationId" = "Conversation"."id")"#).await,
+        0
+    );
+    }
+);

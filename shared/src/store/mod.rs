@@ -11,6 +11,7 @@ pub mod migrations;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libsql::{Connection, Database, TransactionBehavior};
@@ -95,6 +96,9 @@ pub enum StoreError {
         /// [`CURRENT_VERSION`].
         expected: i64,
     },
+    /// The transaction a write was batched into failed as a whole.
+    #[error("committing a batch of writes: {0}")]
+    Batch(String),
     /// A row held a value this build cannot read.
     #[error("unreadable row: {0}")]
     Corrupt(String),
@@ -115,12 +119,17 @@ impl<T> Context<T> for Result<T, libsql::Error> {
 pub struct Store {
     db: Database,
     location: Location,
-    local: Option<LocalConnections>,
+    local: Option<Arc<LocalConnections>>,
 }
 
-struct LocalConnections {
-    writer: Mutex<Connection>,
+/// A local file's connections. Shared with the tasks that commit batches, so a batch
+/// finishes even when the request that started it goes away.
+pub(crate) struct LocalConnections {
+    pub(crate) writer: Arc<Mutex<Connection>>,
     readers: std::sync::Mutex<Vec<Connection>>,
+    /// Messages waiting for the writer; whoever takes the writer commits them all in
+    /// one transaction (group commit).
+    pub(crate) pending: std::sync::Mutex<Vec<crate::ingest::Pending>>,
 }
 
 impl Store {
@@ -145,10 +154,11 @@ impl Store {
                 Ok(Store {
                     db,
                     location,
-                    local: Some(LocalConnections {
-                        writer: Mutex::new(writer),
+                    local: Some(Arc::new(LocalConnections {
+                        writer: Arc::new(Mutex::new(writer)),
                         readers: std::sync::Mutex::new(Vec::new()),
-                    }),
+                        pending: std::sync::Mutex::new(Vec::new()),
+                    })),
                 })
             }
             Location::Remote { url, auth_token } => {
@@ -163,6 +173,11 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// The local file's connections, for group commit; `None` for a remote server.
+    pub(crate) fn local(&self) -> Option<Arc<LocalConnections>> {
+        self.local.clone()
     }
 
     /// Where this store's data lives.
