@@ -8,8 +8,8 @@
 //! On a local file, messages that arrive while the writer is busy are committed
 //! together (group commit): one transaction holds many messages, each inside its own
 //! savepoint, so one message's failure undoes only that message. Batching spreads the
-//! cost of a commit over many messages, and the batch runs in a task of its own, so it
-//! completes even if the request that queued a message is dropped.
+//! cost of a commit over many messages, and a writer task of its own runs the batches,
+//! so a batch completes even if a request that queued a message is dropped.
 
 use libsql::TransactionBehavior;
 use tokio::sync::oneshot;
@@ -47,10 +47,8 @@ pub struct Idempotency {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
-    /// Unique; also the queue's deduplication id.
-    pub id: String,
-    /// Order of creation.
-    pub seq: i64,
+    /// Unique and increasing in order of creation; also the queue's deduplication id.
+    pub id: i64,
     /// The business.
     pub business_id: String,
     /// The conversation, which is also the queue's ordering group.
@@ -107,21 +105,41 @@ pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, Stor
     };
 
     let (reply, answer) = oneshot::channel();
-    local.pending.lock().expect("pending lock").push(Pending {
+    let pending = Pending {
         message: message.clone(),
         reply,
-    });
-    tokio::spawn(async move {
-        let conn = local.writer.clone().lock_owned().await;
-        let batch = std::mem::take(&mut *local.pending.lock().expect("pending lock"));
-        // An earlier task may have committed this message along with its own.
-        if !batch.is_empty() {
-            commit_batch(&conn, batch).await;
-        }
-    });
+    };
+    local
+        .ingest
+        .send(pending)
+        .map_err(|_| StoreError::Batch("the writer task stopped".into()))?;
     answer
         .await
         .map_err(|_| StoreError::Batch("the writer task stopped".into()))?
+}
+
+/// Most messages committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The local writer task: takes whatever messages have queued up, commits them in one
+/// transaction, answers each, and repeats until the store is dropped. The writer
+/// connection is locked per batch, so admin commands and the checkpointer interleave.
+pub(crate) async fn run_writer(
+    writer: std::sync::Arc<tokio::sync::Mutex<libsql::Connection>>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let conn = writer.lock().await;
+        // Take what arrived while waiting for the lock too.
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, std::mem::take(&mut batch)).await;
+    }
 }
 
 /// Commits a batch in one transaction, each message in its own savepoint.
@@ -182,9 +200,8 @@ async fn store_message(
 ) -> Result<Outcome, StoreError> {
     let business_id = message.business_id.as_str();
     let message_id = crate::new_id();
-    let job_id = crate::new_id();
     let now = timestamp::now();
-    let (message_id, job_id, now) = (message_id.as_str(), job_id.as_str(), now.as_str());
+    let (message_id, now) = (message_id.as_str(), now.as_str());
 
     // The record goes first: under the write lock, the second of two requests with
     // one key finds it and replays.
@@ -284,13 +301,13 @@ async fn store_message(
 
     let mut rows = tx
         .query(
-            r#"INSERT INTO "Job" ("id", "kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt")
-               VALUES (?1, 'message', ?2, ?3, ?4, ?5, ?5) RETURNING "seq""#,
-            libsql::params![job_id, business_id, conversation_id.as_str(), message_id, now],
+            r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt")
+               VALUES ('message', ?1, ?2, ?3, ?4, ?4) RETURNING "id""#,
+            libsql::params![business_id, conversation_id.as_str(), message_id, now],
         )
         .await
         .context("storing a job")?;
-    let seq: i64 = match rows.next().await.context("storing a job")? {
+    let job_id: i64 = match rows.next().await.context("storing a job")? {
         Some(row) => row.get(0).context("storing a job")?,
         None => return Err(StoreError::Corrupt("job insert returned nothing".into())),
     };
@@ -311,8 +328,7 @@ async fn store_message(
             message_id: message_id.to_owned(),
         },
         job: Job {
-            id: job_id.to_owned(),
-            seq,
+            id: job_id,
             business_id: business_id.to_owned(),
             conversation_id,
             message_id: message_id.to_owned(),

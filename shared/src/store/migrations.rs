@@ -80,8 +80,6 @@ ALTER TABLE "Message" ADD COLUMN "sequence" INTEGER;
 
 CREATE UNIQUE INDEX "Conversation_open_customer_key" ON "Conversation" ("businessId", "customerId")
     WHERE "customerId" IS NOT NULL AND "status" <> 'closed';
-CREATE INDEX "Conversation_businessId_department_status_idx" ON "Conversation" ("businessId", "department", "status");
-CREATE INDEX "Conversation_assignedAgentId_status_idx" ON "Conversation" ("assignedAgentId", "status");
 CREATE UNIQUE INDEX "Message_conversationId_sequence_key" ON "Message" ("conversationId", "sequence");
 CREATE INDEX "Agent_businessId_department_idx" ON "Agent" ("businessId", "department");
 
@@ -129,8 +127,7 @@ CREATE TABLE "IdempotencyRecord" (
 ) WITHOUT ROWID;
 
 CREATE TABLE "Job" (
-    "seq" INTEGER PRIMARY KEY AUTOINCREMENT,
-    "id" TEXT NOT NULL,
+    "id" INTEGER NOT NULL PRIMARY KEY,
     "kind" TEXT NOT NULL,
     "businessId" TEXT NOT NULL,
     "conversationId" TEXT NOT NULL,
@@ -143,9 +140,7 @@ CREATE TABLE "Job" (
     CONSTRAINT "Job_conversationId_fkey" FOREIGN KEY ("conversationId") REFERENCES "Conversation" ("id") ON DELETE CASCADE ON UPDATE CASCADE,
     CONSTRAINT "Job_messageId_fkey" FOREIGN KEY ("messageId") REFERENCES "Message" ("id") ON DELETE CASCADE ON UPDATE CASCADE
 );
-CREATE UNIQUE INDEX "Job_id_key" ON "Job" ("id");
-CREATE INDEX "Job_status_seq_idx" ON "Job" ("status", "seq");
-CREATE INDEX "Job_conversationId_seq_idx" ON "Job" ("conversationId", "seq")
+CREATE INDEX "Job_status_id_idx" ON "Job" ("status", "id")
 "#;
 
 /// The table that records applied versions; created before any migration runs.

@@ -26,6 +26,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader connections kept open for reuse.
 const READER_POOL: usize = 8;
 
+/// How often the background checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// WAL frames (pages) past which the checkpointer pauses the writer to empty the WAL.
+const WAL_LIMIT_FRAMES: i64 = 16_384;
+
 /// Where the database lives, from `DATABASE_URL`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Location {
@@ -127,9 +133,11 @@ pub struct Store {
 pub(crate) struct LocalConnections {
     pub(crate) writer: Arc<Mutex<Connection>>,
     readers: std::sync::Mutex<Vec<Connection>>,
-    /// Messages waiting for the writer; whoever takes the writer commits them all in
-    /// one transaction (group commit).
-    pub(crate) pending: std::sync::Mutex<Vec<crate::ingest::Pending>>,
+    /// Messages for the writer task, which commits what has queued up in one
+    /// transaction (group commit).
+    pub(crate) ingest: tokio::sync::mpsc::UnboundedSender<crate::ingest::Pending>,
+    /// Dropping this stops the checkpointer thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 impl Store {
@@ -151,13 +159,25 @@ impl Store {
             Location::Local(path) => {
                 let db = open_local(path).await?;
                 let writer = local_connection(&db).await?;
+                // Checkpoints fsync the files; done by the writer they would stall every
+                // write behind the disk, so a thread of their own does them instead.
+                writer
+                    .query("PRAGMA wal_autocheckpoint = 0", ())
+                    .await
+                    .context("configuring the writer")?;
+                let writer = Arc::new(Mutex::new(writer));
+                let checkpointer = spawn_checkpointer(local_connection(&db).await?, writer.clone());
+                // Ends when the store, and with it the sender, is dropped.
+                let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(crate::ingest::run_writer(writer.clone(), queue));
                 Ok(Store {
                     db,
                     location,
                     local: Some(Arc::new(LocalConnections {
-                        writer: Arc::new(Mutex::new(writer)),
+                        writer,
                         readers: std::sync::Mutex::new(Vec::new()),
-                        pending: std::sync::Mutex::new(Vec::new()),
+                        ingest,
+                        _checkpointer: checkpointer,
                     })),
                 })
             }
@@ -338,6 +358,62 @@ async fn open_local(path: &Path) -> Result<Database, StoreError> {
         .context("opening the database file")
 }
 
+/// Starts the thread that checkpoints the WAL while the store lives.
+///
+/// A passive checkpoint never blocks the writer or readers and copies what it can. But
+/// while writes never pause, SQLite cannot start the WAL over, and it grows without
+/// end; so past [`WAL_LIMIT_FRAMES`] the checkpointer holds the writer for a second,
+/// short pass (most frames are copied already), after which the next transaction
+/// starts the WAL from the beginning and `journal_size_limit` trims the file.
+fn spawn_checkpointer(
+    conn: Connection,
+    writer: Arc<Mutex<Connection>>,
+) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+                tracing::error!("cannot start the checkpointer; the WAL grows until restart");
+                return;
+            };
+            // Ends when the store drops its sender.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                let result = runtime.block_on(async {
+                    let frames = checkpoint(&conn, "PASSIVE").await?;
+                    if frames > WAL_LIMIT_FRAMES {
+                        // With the writer paused this pass catches up completely, and
+                        // the next transaction starts the WAL over.
+                        let _writer = writer.lock().await;
+                        checkpoint(&conn, "PASSIVE").await?;
+                    }
+                    Ok::<_, libsql::Error>(())
+                });
+                if let Err(err) = result {
+                    tracing::warn!(cause = %err, "checkpoint failed");
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!(cause = %err, "cannot start the checkpointer; the WAL grows until restart");
+    }
+    stop
+}
+
+/// Runs one checkpoint; returns the WAL's size in frames before it.
+async fn checkpoint(conn: &Connection, mode: &str) -> Result<i64, libsql::Error> {
+    let mut rows = conn
+        .query(&format!("PRAGMA wal_checkpoint({mode})"), ())
+        .await?;
+    let mut frames = 0;
+    while let Some(row) = rows.next().await? {
+        frames = row.get::<i64>(1)?;
+    }
+    Ok(frames)
+}
+
 /// Opens a local connection with the settings every connection needs.
 async fn local_connection(db: &Database) -> Result<Connection, StoreError> {
     let conn = db.connect().context("connecting to the database file")?;
@@ -349,6 +425,7 @@ async fn local_connection(db: &Database) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL",
         "PRAGMA synchronous = NORMAL",
         "PRAGMA foreign_keys = ON",
+        "PRAGMA journal_size_limit = 67108864",
     ] {
         let mut rows = conn
             .query(pragma, ())
