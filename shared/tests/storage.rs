@@ -669,3 +669,12 @@ both_backends!(
     );
     }
 );
+
+#[tokio::test]
+async fn a_new_local_file_uses_wal_and_small_pages() {
+    let db = TestDb::new(Backend::File).await;
+    let store = db.store().await;
+    assert_eq!(column(&store, "PRAGMA journal_mode").await, ["wal"]);
+    assert_eq!(column(&store, "PRAGMA page_size").await, ["1024"]);
+    assert_eq!(column(&store, "PRAGMA foreign_keys").await, ["1"]);
+}
