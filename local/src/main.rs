@@ -56,6 +56,33 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Evaluate the embedded classifier on a labelled `text,category` CSV.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Labelled data: a CSV with `text` and `category` columns.
+    #[arg(long)]
+    data: PathBuf,
+    /// Maps categories (intents) to departments: `{"department": ["category", ...]}`.
+    #[arg(long)]
+    departments: Option<PathBuf>,
+    /// Train on all of --data and test on this CSV instead of cross-validating.
+    #[arg(long, conflicts_with = "folds")]
+    test: Option<PathBuf>,
+    /// Number of stratified held-out folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Train with only this many examples per category.
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Seed of the fold assignment and the shots sample.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -123,14 +150,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+    // Read on use: evaluation needs no configuration.
+    let config = Config::from_env;
     match command {
+        Command::Eval(args) => evaluate(args)?,
         Command::Migrate => {
-            let store = Store::connect(config.database).await?;
+            let store = Store::connect(config()?.database).await?;
             let version = store.migrate().await?;
             print(json!({ "schemaVersion": version }));
         }
-        Command::Serve { addr, demo } => serve(config, addr, demo).await?,
+        Command::Serve { addr, demo } => serve(config()?, addr, demo).await?,
         Command::Business {
             command: BusinessCommand::Create { config: path },
         } => {
@@ -138,11 +167,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", path.display()))?;
             let business: BusinessConfig = serde_json::from_str(&text)
                 .with_context(|| format!("parsing {}", path.display()))?;
-            let store = Store::open(config.database).await?;
+            let store = Store::open(config()?.database).await?;
             print(json!(tenants::create_business(&store, &business).await?));
         }
         Command::Agent { command } => {
-            let store = Store::open(config.database).await?;
+            let store = Store::open(config()?.database).await?;
             match command {
                 AgentCommand::Create {
                     business,
@@ -168,10 +197,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Key {
             command: KeyCommand::Rotate { business },
         } => {
-            let store = Store::open(config.database).await?;
+            let store = Store::open(config()?.database).await?;
             let key = tenants::rotate_webhook_key(&store, &business).await?;
             print(json!({ "businessId": business, "webhookKey": key }));
         }
+    }
+    Ok(())
+}
+
+fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
+    use chat_router::classify::eval;
+
+    let data = eval::load_csv(&args.data)?;
+    let departments = args
+        .departments
+        .as_deref()
+        .map(eval::load_departments)
+        .transpose()?;
+    let split = match &args.test {
+        Some(path) => eval::Split::Test(eval::load_csv(path)?),
+        None => eval::Split::Folds(args.folds),
+    };
+    let options = eval::EvalOptions {
+        split,
+        shots: args.shots,
+        seed: args.seed,
+        ..eval::EvalOptions::default()
+    };
+    let report = eval::evaluate(&data, departments.as_ref(), &options)?;
+    if args.json {
+        print(json!(report));
+    } else {
+        println!("{}", eval::render_report(&report));
     }
     Ok(())
 }

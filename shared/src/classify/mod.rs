@@ -9,6 +9,8 @@
 //! Classifiers never log the customer's text or any credential above trace level; the
 //! chain logs only the business, the classifier and why it fell through.
 
+pub mod embedded;
+pub mod eval;
 pub mod llm;
 
 use std::sync::Arc;
@@ -171,6 +173,17 @@ impl Chain {
         Chain { classifiers }
     }
 
+    /// The product's chain: the LLM when one is configured, then the embedded
+    /// classifier, then the fallback department.
+    pub fn standard(llm: Option<llm::LlmConfig>) -> Result<Chain, ClassifyError> {
+        let mut classifiers: Vec<Arc<dyn Classifier>> = Vec::new();
+        if let Some(config) = llm {
+            classifiers.push(Arc::new(llm::LlmClassifier::new(config)?));
+        }
+        classifiers.push(Arc::new(EmbeddedClassifier::new()));
+        Ok(Chain::new(classifiers))
+    }
+
     /// Decides where `text` goes. Never fails: the fallback department is the last word.
     pub async fn classify(&self, business: &BusinessProfile, text: &str) -> Classification {
         for classifier in &self.classifiers {
@@ -242,4 +255,124 @@ pub(crate) fn shortened(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// The embedded classifier behind the [`Classifier`] interface: a model trained in this
+/// process from each business's departments, cached per business and trained again
+/// when the departments change.
+#[derive(Default)]
+pub struct EmbeddedClassifier {
+    models: std::sync::Mutex<std::collections::HashMap<String, CachedModel>>,
+}
+
+/// A business's model, trained once by whichever request needs it first.
+struct CachedModel {
+    /// SHA-256 of the departments it was trained from.
+    fingerprint: [u8; 32],
+    model: Arc<tokio::sync::OnceCell<Arc<embedded::EmbeddedModel>>>,
+}
+
+impl EmbeddedClassifier {
+    /// An empty cache.
+    pub fn new() -> EmbeddedClassifier {
+        EmbeddedClassifier::default()
+    }
+
+    async fn model(
+        &self,
+        business: &BusinessProfile,
+    ) -> Result<Arc<embedded::EmbeddedModel>, ClassifyError> {
+        use sha2::Digest;
+        let fingerprint: [u8; 32] = sha2::Sha256::digest(
+            serde_json::to_vec(&business.departments).expect("departments serialise"),
+        )
+        .into();
+        let cell = {
+            let mut models = self.models.lock().expect("model cache lock");
+            let cached = models.get(&business.business_id);
+            match cached {
+                Some(cached) if cached.fingerprint == fingerprint => cached.model.clone(),
+                _ => {
+                    let model = Arc::new(tokio::sync::OnceCell::new());
+                    models.insert(
+                        business.business_id.clone(),
+                        CachedModel {
+                            fingerprint,
+                            model: model.clone(),
+                        },
+                    );
+                    model
+                }
+            }
+        };
+        let model = cell
+            .get_or_try_init(|| {
+                let set = training_set(&business.departments);
+                let business_id = business.business_id.clone();
+                async move {
+                    // Training takes CPU for up to a second or two: off the async workers.
+                    let started = std::time::Instant::now();
+                    let model =
+                        tokio::task::spawn_blocking(move || embedded::EmbeddedModel::train(&set))
+                            .await
+                            .map_err(|err| ClassifyError::Unavailable(err.to_string()))?;
+                    tracing::info!(
+                        business = %business_id,
+                        classes = model.num_classes(),
+                        train_ms = started.elapsed().as_millis() as u64,
+                        "trained the embedded classifier"
+                    );
+                    Ok::<_, ClassifyError>(Arc::new(model))
+                }
+            })
+            .await?;
+        Ok(model.clone())
+    }
+}
+
+/// The embedded model's training set for a business's departments: each department's
+/// description and examples, and its intents when it has them.
+pub fn training_set(departments: &[DepartmentConfig]) -> embedded::TrainingSet {
+    embedded::TrainingSet {
+        departments: departments
+            .iter()
+            .map(|d| embedded::Department {
+                name: d.name.clone(),
+                description: d.description.clone(),
+                examples: d.examples.clone(),
+            })
+            .collect(),
+        intents: departments
+            .iter()
+            .flat_map(|d| {
+                d.intents.iter().map(|i| embedded::Intent {
+                    name: i.name.clone(),
+                    department: d.name.clone(),
+                    examples: i.examples.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Classifier for EmbeddedClassifier {
+    fn kind(&self) -> ClassifierKind {
+        ClassifierKind::Embedded
+    }
+
+    async fn classify(
+        &self,
+        business: &BusinessProfile,
+        text: &str,
+    ) -> Result<Classification, ClassifyError> {
+        let model = self.model(business).await?;
+        let prediction = model.classify(text);
+        Ok(Classification {
+            department: prediction.department,
+            intent: prediction.intent,
+            confidence: f64::from(prediction.confidence),
+            classifier: ClassifierKind::Embedded,
+        })
+    }
 }
