@@ -52,4 +52,7 @@ echo "sqld migrated twice concurrently and accepted a business"
 unset DATABASE_URL
 
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee "$work/test.log"
+# One closing line for the whole run: cargo prints one result per test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$work/test.log"

@@ -309,3 +309,53 @@ fn serve_demo_creates_the_tenant_once_and_reissues_its_credentials() {
     assert!(text.contains("202 Accepted"), "{text}");
     assert!(text.contains("\"status\":\"Received\""), "{text}");
 }
+
+#[test]
+fn eval_prints_the_report_as_json() {
+    let fixtures = format!("{}/../shared/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(BIN)
+        .args([
+            "eval",
+            "--data",
+            &format!("{fixtures}/banking77-subset.csv"),
+            "--departments",
+            &format!("{fixtures}/banking77-departments.json"),
+            "--folds",
+            "3",
+            "--seed",
+            "7",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let report = json_out(&output);
+    for field in [
+        "intent_accuracy",
+        "department_accuracy",
+        "macro_f1",
+        "train_ms",
+        "latency_us_p50",
+        "latency_us_p99",
+        "n_train",
+        "n_test",
+    ] {
+        assert!(report[field].is_number(), "{field} missing: {report}");
+    }
+    assert_eq!(report["n_test"], 1155);
+    // 15 examples per intent: far from full data, but far above chance (1.3 %).
+    assert!(
+        report["intent_accuracy"].as_f64().unwrap() > 0.5,
+        "{report}"
+    );
+    assert!(
+        report["department_accuracy"].as_f64().unwrap() > 0.7,
+        "{report}"
+    );
+
+    let output = Command::new(BIN)
+        .args(["eval", "--data", "/no/such.csv"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: "));
+}
