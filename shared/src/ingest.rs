@@ -84,6 +84,73 @@ pub enum Outcome {
     Conflict,
 }
 
+const INSERT_IDEMPOTENCY: &str = r#"INSERT INTO "IdempotencyRecord" ("businessId", "key", "requestHash", "messageId", "createdAt")
+    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING"#;
+const READ_IDEMPOTENCY: &str = r#"SELECT "requestHash", "conversationId", "messageId" FROM "IdempotencyRecord"
+    WHERE "businessId" = ?1 AND "key" = ?2"#;
+const COMPLETE_IDEMPOTENCY: &str = r#"UPDATE "IdempotencyRecord" SET "conversationId" = ?3
+    WHERE "businessId" = ?1 AND "key" = ?2"#;
+const FIND_CONVERSATION: &str = r#"SELECT "id" FROM "Conversation"
+    WHERE "businessId" = ?1 AND "customerId" = ?2 AND "status" <> 'closed'"#;
+const INSERT_CONVERSATION: &str = r#"INSERT INTO "Conversation" ("id", "businessId", "department", "status", "createdAt", "customerId", "customerName", "channel", "updatedAt")
+    VALUES (?1, ?2, '', 'pending', ?3, ?4, ?5, ?6, ?3)"#;
+const NEXT_SEQUENCE: &str = r#"UPDATE "Conversation" SET "lastSequence" = "lastSequence" + 1, "updatedAt" = ?2
+    WHERE "id" = ?1 RETURNING "lastSequence""#;
+const INSERT_MESSAGE: &str = r#"INSERT INTO "Message" ("id", "conversationId", "sender", "content", "createdAt", "sequence")
+    VALUES (?1, ?2, 'customer', ?3, ?4, ?5)"#;
+const INSERT_JOB: &str = r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt")
+    VALUES ('message', ?1, ?2, ?3, ?4, ?4) RETURNING "id""#;
+
+/// Every statement of [`store_message`], prepared once per batch on a local file.
+const STATEMENTS: [&str; 8] = [
+    INSERT_IDEMPOTENCY,
+    READ_IDEMPOTENCY,
+    COMPLETE_IDEMPOTENCY,
+    FIND_CONVERSATION,
+    INSERT_CONVERSATION,
+    NEXT_SEQUENCE,
+    INSERT_MESSAGE,
+    INSERT_JOB,
+];
+
+/// Runs [`store_message`]'s statements: prepared ones when a batch has them (parsing
+/// the SQL costs more than running these statements), else straight on the connection.
+struct Sql<'a> {
+    conn: &'a libsql::Connection,
+    prepared: &'a [libsql::Statement],
+}
+
+impl Sql<'_> {
+    fn statement(&self, sql: &'static str) -> Option<&libsql::Statement> {
+        let index = STATEMENTS.iter().position(|s| std::ptr::eq(*s, sql))?;
+        let statement = self.prepared.get(index)?;
+        statement.reset();
+        Some(statement)
+    }
+
+    async fn execute(
+        &self,
+        sql: &'static str,
+        params: impl libsql::params::IntoParams,
+    ) -> Result<u64, libsql::Error> {
+        match self.statement(sql) {
+            Some(statement) => statement.execute(params).await.map(|n| n as u64),
+            None => self.conn.execute(sql, params).await,
+        }
+    }
+
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: impl libsql::params::IntoParams,
+    ) -> Result<libsql::Rows, libsql::Error> {
+        match self.statement(sql) {
+            Some(statement) => statement.query(params).await,
+            None => self.conn.query(sql, params).await,
+        }
+    }
+}
+
 /// A message waiting for the local writer.
 pub(crate) struct Pending {
     message: NewMessage,
@@ -100,7 +167,11 @@ pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, Stor
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .await
             .context("starting to store a message")?;
-        let result = store_message(&tx, message).await;
+        let sql = Sql {
+            conn: &tx,
+            prepared: &[],
+        };
+        let result = store_message(&sql, message).await;
         return crate::tenants::finish(tx, result).await;
     };
 
@@ -149,11 +220,27 @@ async fn commit_batch(conn: &libsql::Connection, batch: Vec<Pending>) {
         fail_all(batch, "starting a batch", &err);
         return;
     }
+    let mut prepared = Vec::with_capacity(STATEMENTS.len());
+    for statement in STATEMENTS {
+        match conn.prepare(statement).await {
+            Ok(statement) => prepared.push(statement),
+            Err(err) => {
+                let _ = conn.execute("ROLLBACK", ()).await;
+                fail_all(batch, "preparing a batch", &err);
+                return;
+            }
+        }
+    }
+    let sql = Sql {
+        conn,
+        prepared: &prepared,
+    };
     let mut results = Vec::with_capacity(size);
     for pending in &batch {
-        let result = in_savepoint(conn, &pending.message).await;
+        let result = in_savepoint(&sql, &pending.message).await;
         results.push(result);
     }
+    drop(prepared);
     if let Err(err) = conn.execute("COMMIT", ()).await {
         let _ = conn.execute("ROLLBACK", ()).await;
         fail_all(batch, "committing a batch", &err);
@@ -166,14 +253,12 @@ async fn commit_batch(conn: &libsql::Connection, batch: Vec<Pending>) {
     }
 }
 
-async fn in_savepoint(
-    conn: &libsql::Connection,
-    message: &NewMessage,
-) -> Result<Outcome, StoreError> {
+async fn in_savepoint(sql: &Sql<'_>, message: &NewMessage) -> Result<Outcome, StoreError> {
+    let conn = sql.conn;
     conn.execute("SAVEPOINT message", ())
         .await
         .context("starting a savepoint")?;
-    let result = store_message(conn, message).await;
+    let result = store_message(sql, message).await;
     if result.is_err() {
         conn.execute("ROLLBACK TO message", ())
             .await
@@ -194,10 +279,7 @@ fn fail_all(batch: Vec<Pending>, doing: &'static str, err: &libsql::Error) {
     }
 }
 
-async fn store_message(
-    tx: &libsql::Connection,
-    message: &NewMessage,
-) -> Result<Outcome, StoreError> {
+async fn store_message(tx: &Sql<'_>, message: &NewMessage) -> Result<Outcome, StoreError> {
     let business_id = message.business_id.as_str();
     let message_id = crate::new_id();
     let now = timestamp::now();
@@ -208,8 +290,7 @@ async fn store_message(
     if let Some(idempotency) = &message.idempotency {
         let inserted = tx
             .execute(
-                r#"INSERT INTO "IdempotencyRecord" ("businessId", "key", "requestHash", "messageId", "createdAt")
-                   VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING"#,
+                INSERT_IDEMPOTENCY,
                 libsql::params![
                     business_id,
                     idempotency.key.as_str(),
@@ -230,8 +311,7 @@ async fn store_message(
         Some(customer) => {
             let mut rows = tx
                 .query(
-                    r#"SELECT "id" FROM "Conversation"
-                       WHERE "businessId" = ?1 AND "customerId" = ?2 AND "status" <> 'closed'"#,
+                    FIND_CONVERSATION,
                     libsql::params![business_id, customer.as_str()],
                 )
                 .await
@@ -253,8 +333,7 @@ async fn store_message(
         None => {
             let id = crate::new_id();
             tx.execute(
-                r#"INSERT INTO "Conversation" ("id", "businessId", "department", "status", "createdAt", "customerId", "customerName", "channel", "updatedAt")
-                   VALUES (?1, ?2, '', 'pending', ?3, ?4, ?5, ?6, ?3)"#,
+                INSERT_CONVERSATION,
                 libsql::params![
                     id.as_str(),
                     business_id,
@@ -273,8 +352,7 @@ async fn store_message(
     // The next sequence number orders the conversation's messages.
     let mut rows = tx
         .query(
-            r#"UPDATE "Conversation" SET "lastSequence" = "lastSequence" + 1, "updatedAt" = ?2
-               WHERE "id" = ?1 RETURNING "lastSequence""#,
+            NEXT_SEQUENCE,
             libsql::params![conversation_id.as_str(), now],
         )
         .await
@@ -286,8 +364,7 @@ async fn store_message(
     drop(rows);
 
     tx.execute(
-        r#"INSERT INTO "Message" ("id", "conversationId", "sender", "content", "createdAt", "sequence")
-           VALUES (?1, ?2, 'customer', ?3, ?4, ?5)"#,
+        INSERT_MESSAGE,
         libsql::params![
             message_id,
             conversation_id.as_str(),
@@ -301,8 +378,7 @@ async fn store_message(
 
     let mut rows = tx
         .query(
-            r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt")
-               VALUES ('message', ?1, ?2, ?3, ?4, ?4) RETURNING "id""#,
+            INSERT_JOB,
             libsql::params![business_id, conversation_id.as_str(), message_id, now],
         )
         .await
@@ -315,8 +391,12 @@ async fn store_message(
 
     if let Some(idempotency) = &message.idempotency {
         tx.execute(
-            r#"UPDATE "IdempotencyRecord" SET "conversationId" = ?3 WHERE "businessId" = ?1 AND "key" = ?2"#,
-            libsql::params![business_id, idempotency.key.as_str(), conversation_id.as_str()],
+            COMPLETE_IDEMPOTENCY,
+            libsql::params![
+                business_id,
+                idempotency.key.as_str(),
+                conversation_id.as_str()
+            ],
         )
         .await
         .context("completing an idempotency record")?;
@@ -338,14 +418,13 @@ async fn store_message(
 }
 
 async fn replay(
-    tx: &libsql::Connection,
+    tx: &Sql<'_>,
     business_id: &str,
     idempotency: &Idempotency,
 ) -> Result<Outcome, StoreError> {
     let mut rows = tx
         .query(
-            r#"SELECT "requestHash", "conversationId", "messageId" FROM "IdempotencyRecord"
-               WHERE "businessId" = ?1 AND "key" = ?2"#,
+            READ_IDEMPOTENCY,
             libsql::params![business_id, idempotency.key.as_str()],
         )
         .await
