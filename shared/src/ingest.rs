@@ -11,10 +11,9 @@
 //! cost of a commit over many messages, and a writer task of its own runs the batches,
 //! so a batch completes even if a request that queued a message is dropped.
 
-use libsql::TransactionBehavior;
 use tokio::sync::oneshot;
 
-use crate::store::{Context, Store, StoreError, text};
+use crate::store::{Context, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
 /// A validated message to store.
@@ -163,16 +162,13 @@ pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, Stor
     let Some(local) = store.local() else {
         // A remote server: one transaction of our own.
         let conn = store.writer().await?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .await
-            .context("starting to store a message")?;
+        let tx = begin(&conn, "starting to store a message").await?;
         let sql = Sql {
             conn: &tx,
             prepared: &[],
         };
         let result = store_message(&sql, message).await;
-        return crate::tenants::finish(tx, result).await;
+        return finish(tx, result).await;
     };
 
     let (reply, answer) = oneshot::channel();

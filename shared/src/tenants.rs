@@ -3,11 +3,10 @@
 //! These are the admin operations behind `chat-router business|agent|key`. Each one
 //! runs in a single write transaction, so a failure leaves nothing behind.
 
-use libsql::TransactionBehavior;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{self, Kind, Secret};
-use crate::store::{Context, Store, StoreError};
+use crate::store::{Context, Store, StoreError, begin, finish};
 use crate::timestamp;
 
 /// Longest business, department or agent name accepted.
@@ -163,10 +162,7 @@ pub async fn create_business(
     let now = timestamp::now();
 
     let conn = store.writer().await?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .await
-        .context("starting to create a business")?;
+    let tx = begin(&conn, "starting to create a business").await?;
     let result = async {
         tx.execute(
             r#"INSERT INTO "Business" ("id", "name", "createdAt", "confidenceThreshold") VALUES (?1, ?2, ?3, ?4)"#,
@@ -225,10 +221,7 @@ pub async fn create_agent(
     let now = timestamp::now();
 
     let conn = store.writer().await?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .await
-        .context("starting to create an agent")?;
+    let tx = begin(&conn, "starting to create an agent").await?;
     let result = async {
         let mut rows = tx
             .query(
@@ -277,10 +270,7 @@ pub async fn rotate_webhook_key(store: &Store, business_id: &str) -> Result<Stri
     let key = Secret::generate(Kind::Webhook);
     let now = timestamp::now();
     let conn = store.writer().await?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .await
-        .context("starting a key rotation")?;
+    let tx = begin(&conn, "starting a key rotation").await?;
     let result = async {
         if !exists(&tx, r#"SELECT 1 FROM "Business" WHERE "id" = ?1"#, business_id).await? {
             return Err(AdminError::NotFound(format!("business {business_id}")));
@@ -303,10 +293,7 @@ pub async fn rotate_webhook_key(store: &Store, business_id: &str) -> Result<Stri
 pub async fn revoke_agent(store: &Store, agent_id: &str) -> Result<String, AdminError> {
     let now = timestamp::now();
     let conn = store.writer().await?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .await
-        .context("starting a token revocation")?;
+    let tx = begin(&conn, "starting a token revocation").await?;
     let result = async {
         let business = agent_business(&tx, agent_id).await?;
         tx.execute(
@@ -328,10 +315,7 @@ pub async fn issue_agent_token(store: &Store, agent_id: &str) -> Result<String, 
     let token = Secret::generate(Kind::Agent);
     let now = timestamp::now();
     let conn = store.writer().await?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .await
-        .context("starting to issue a token")?;
+    let tx = begin(&conn, "starting to issue a token").await?;
     let result = async {
         let business = agent_business(&tx, agent_id).await?;
         tx.execute(
@@ -460,25 +444,6 @@ async fn exists(conn: &libsql::Connection, sql: &str, id: &str) -> Result<bool, 
         .await
         .context("checking a row exists")?
         .is_some())
-}
-
-/// Commits on success and rolls back on failure.
-pub(crate) async fn finish<T, E>(tx: libsql::Transaction, result: Result<T, E>) -> Result<T, E>
-where
-    E: From<StoreError>,
-{
-    match result {
-        Ok(value) => {
-            tx.commit().await.context("committing")?;
-            Ok(value)
-        }
-        Err(err) => {
-            // A failed rollback leaves nothing to do: the transaction ends with the
-            // connection's next BEGIN or close either way.
-            let _ = tx.rollback().await;
-            Err(err)
-        }
-    }
 }
 
 /// A business's departments, in their configured order.

@@ -279,19 +279,10 @@ impl Store {
             if migration.version <= version {
                 continue;
             }
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .await
-                .context("starting a migration")?;
+            let tx = begin(&conn, "starting a migration").await?;
+            // Nothing is written when another process applied it first.
             let result = apply(&tx, migration).await;
-            match result {
-                Ok(true) => tx.commit().await.context("committing a migration")?,
-                Ok(false) => tx.rollback().await.context("ending a migration")?,
-                Err(err) => {
-                    let _ = tx.rollback().await;
-                    return Err(err);
-                }
-            }
+            finish(tx, result).await?;
             version = migration.version;
         }
         if version > CURRENT_VERSION {
@@ -520,6 +511,36 @@ impl Drop for Conn<'_> {
             && let Some(conn) = conn.take()
         {
             pool.lock().expect("reader pool lock").push(conn);
+        }
+    }
+}
+
+/// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`),
+/// so a transaction that reads before it writes never fails to upgrade its lock.
+pub(crate) async fn begin(
+    conn: &Connection,
+    context: &'static str,
+) -> Result<libsql::Transaction, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .await
+        .context(context)
+}
+
+/// Commits on success and rolls back on failure.
+pub(crate) async fn finish<T, E>(tx: libsql::Transaction, result: Result<T, E>) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    match result {
+        Ok(value) => {
+            tx.commit().await.context("committing")?;
+            Ok(value)
+        }
+        Err(err) => {
+            // A failed rollback leaves nothing to do: the transaction ends with the
+            // connection's next BEGIN or close either way.
+            let _ = tx.rollback().await;
+            Err(err)
         }
     }
 }
