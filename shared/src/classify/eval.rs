@@ -126,6 +126,8 @@ pub struct EvalReport {
     pub macro_f1: f64,
     /// Mean wall-clock training time per model, milliseconds.
     pub train_ms: f64,
+    /// Mean single-message classification latency, microseconds.
+    pub latency_us_mean: f64,
     /// Median single-message classification latency, microseconds.
     pub latency_us_p50: f64,
     /// 99th-percentile single-message latency, microseconds.
@@ -499,6 +501,9 @@ pub fn evaluate(
         department_accuracy: dep_ok as f64 / n,
         macro_f1: macro_f1(&outcomes),
         train_ms: train_ms_total / n_runs as f64,
+        latency_us_mean: latencies_ns.iter().sum::<u128>() as f64
+            / latencies_ns.len().max(1) as f64
+            / 1e3,
         latency_us_p50: pct(0.5),
         latency_us_p99: pct(0.99),
         n_train: (n_train_total as f64 / n_runs as f64).round() as usize,
@@ -593,6 +598,7 @@ pub fn render_report(r: &EvalReport) -> String {
         ("mean confidence", format!("{:.3}", r.mean_confidence)),
         ("calibration error (ECE)", format!("{:.3}", r.ece)),
         ("train time (per model)", format!("{:.0} ms", r.train_ms)),
+        ("latency mean", format!("{:.1} µs", r.latency_us_mean)),
         ("latency p50", format!("{:.1} µs", r.latency_us_p50)),
         ("latency p99", format!("{:.1} µs", r.latency_us_p99)),
     ];
