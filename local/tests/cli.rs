@@ -80,17 +80,18 @@ fn admin_commands_print_json_and_fail_with_a_message() {
     assert_eq!(revoked["revoked"], true);
 
     // Errors: stderr, non-zero, nothing on stdout.
+    let unknown_department = vec![
+        "agent",
+        "create",
+        "--business",
+        id,
+        "--name",
+        "Bo",
+        "--department",
+        "Nope",
+    ];
     for args in [
-        vec![
-            "agent",
-            "create",
-            "--business",
-            id,
-            "--name",
-            "Bo",
-            "--department",
-            "Nope",
-        ],
+        unknown_department.clone(),
         vec!["agent", "revoke", "--agent", "no-such-agent"],
         vec!["key", "rotate", "--business", "no-such-business"],
         vec!["business", "create", "--config", "/no/such/file.json"],
@@ -101,19 +102,7 @@ fn admin_commands_print_json_and_fail_with_a_message() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
-    let output = chat_router(
-        &db,
-        &[
-            "agent",
-            "create",
-            "--business",
-            id,
-            "--name",
-            "Bo",
-            "--department",
-            "Nope",
-        ],
-    );
+    let output = chat_router(&db, &unknown_department);
     assert!(String::from_utf8_lossy(&output.stderr).contains("department \"Nope\""));
 }
 
