@@ -109,6 +109,9 @@ pub enum StoreError {
     /// The transaction a write was batched into failed as a whole.
     #[error("committing a batch of writes: {0}")]
     Batch(String),
+    /// The store could not be set up on this machine (a folder, a thread).
+    #[error("setting up the database: {0}")]
+    Setup(String),
     /// A row held a value this build cannot read.
     #[error("unreadable row: {0}")]
     Corrupt(String),
@@ -352,7 +355,7 @@ async fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
 async fn open_local(path: &Path) -> Result<Database, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|err| {
-            StoreError::Corrupt(format!("cannot create {}: {err}", parent.display()))
+            StoreError::Setup(format!("cannot create {}: {err}", parent.display()))
         })?;
     }
     libsql::Builder::new_local(path)
@@ -424,11 +427,11 @@ fn spawn_writer(
     let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
-        .map_err(|err| StoreError::Corrupt(format!("cannot start the writer: {err}")))?;
+        .map_err(|err| StoreError::Setup(format!("cannot start the writer: {err}")))?;
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || runtime.block_on(crate::ingest::run_writer(writer, queue)))
-        .map_err(|err| StoreError::Corrupt(format!("cannot start the writer: {err}")))?;
+        .map_err(|err| StoreError::Setup(format!("cannot start the writer: {err}")))?;
     Ok(ingest)
 }
 
