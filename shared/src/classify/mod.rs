@@ -267,8 +267,9 @@ pub struct EmbeddedClassifier {
 
 /// A business's model, trained once by whichever request needs it first.
 struct CachedModel {
-    /// SHA-256 of the departments it was trained from.
-    fingerprint: [u8; 32],
+    /// The departments it was trained from. Comparing them is a memory compare; hashing
+    /// a serialised copy on every message would cost more than classifying.
+    departments: Vec<DepartmentConfig>,
     model: Arc<tokio::sync::OnceCell<Arc<embedded::EmbeddedModel>>>,
 }
 
@@ -282,22 +283,17 @@ impl EmbeddedClassifier {
         &self,
         business: &BusinessProfile,
     ) -> Result<Arc<embedded::EmbeddedModel>, ClassifyError> {
-        use sha2::Digest;
-        let fingerprint: [u8; 32] = sha2::Sha256::digest(
-            serde_json::to_vec(&business.departments).expect("departments serialise"),
-        )
-        .into();
         let cell = {
             let mut models = self.models.lock().expect("model cache lock");
             let cached = models.get(&business.business_id);
             match cached {
-                Some(cached) if cached.fingerprint == fingerprint => cached.model.clone(),
+                Some(cached) if cached.departments == business.departments => cached.model.clone(),
                 _ => {
                     let model = Arc::new(tokio::sync::OnceCell::new());
                     models.insert(
                         business.business_id.clone(),
                         CachedModel {
-                            fingerprint,
+                            departments: business.departments.clone(),
                             model: model.clone(),
                         },
                     );
