@@ -1,5 +1,7 @@
-//! The local side of chat-router: the gateway that serves the Lambda handlers over
-//! real HTTP, and the demo tenant. The `chat-router` binary adds the admin commands.
+//! The local side of chat-router: the whole product in one process ([`app`]), the
+//! gateway that serves the Lambda handlers over real HTTP, and the demo tenant. The
+//! `chat-router` binary adds the admin commands.
 
+pub mod app;
 pub mod demo;
 pub mod gateway;

@@ -8,11 +8,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chat_router::config::Config;
-use chat_router::queue::OutboxOnly;
+use async_trait::async_trait;
+use chat_router::classify::{Chain, llm::LlmConfig};
+use chat_router::config::{Config, DEFAULT_SWEEP_AFTER};
+use chat_router::events::LocalNotifier;
+use chat_router::ingest::Job;
+use chat_router::queue::sqs::SqsQueue;
+use chat_router::queue::{JobQueue, QueueError};
+use chat_router::routing::Router;
 use chat_router::store::Store;
 use chat_router::tenants::{self, BusinessConfig, DEFAULT_CAPACITY};
-use chat_router::webhook::Webhook;
+use chat_router_local::app::{self, App};
 use chat_router_local::{demo, gateway};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -56,8 +62,39 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Work on conversations.
+    Conversation {
+        #[command(subcommand)]
+        command: ConversationCommand,
+    },
+    /// Hand over routing jobs left pending, and mark failed those past the attempt
+    /// limit. With ROUTING_QUEUE_URL they go to that SQS queue; without, they are
+    /// handled here and now.
+    Sweep {
+        /// Only jobs pending at least this long (default: SWEEP_AFTER_SECONDS, else
+        /// 960 with SQS and 10 without).
+        #[arg(long, value_name = "SECONDS")]
+        older_than: Option<u64>,
+    },
     /// Evaluate the embedded classifier on a labelled `text,category` CSV.
     Eval(EvalArgs),
+}
+
+#[derive(Subcommand)]
+enum ConversationCommand {
+    /// Move a conversation to another department of its business, where it is
+    /// assigned again.
+    Transfer {
+        #[arg(long)]
+        conversation: String,
+        #[arg(long)]
+        department: String,
+    },
+    /// Close a conversation; its agent gets their department's next waiting one.
+    Close {
+        #[arg(long)]
+        conversation: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -118,6 +155,15 @@ enum AgentCommand {
     Token {
         #[arg(long)]
         agent: String,
+    },
+    /// Make an agent available for assignment for a while, as a live, ready
+    /// connection does; they get waiting conversations of their department at once.
+    Available {
+        #[arg(long)]
+        agent: String,
+        /// How long the availability lasts.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        seconds: u64,
     },
 }
 
@@ -192,7 +238,74 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     let token = tenants::issue_agent_token(&store, &agent).await?;
                     print(json!({ "id": agent, "token": token }));
                 }
+                AgentCommand::Available { agent, seconds } => {
+                    let router = router(Arc::new(store), &config()?)?;
+                    let until = chrono::Utc::now()
+                        + chrono::Duration::seconds(
+                            i64::try_from(seconds)
+                                .unwrap_or(i64::MAX / 1000)
+                                .min(86_400 * 365),
+                        );
+                    let assigned = router
+                        .agent_available(&agent, until.timestamp_millis())
+                        .await?;
+                    let conversations: Vec<&str> = assigned
+                        .iter()
+                        .map(|a| a.conversation.id.as_str())
+                        .collect();
+                    print(json!({
+                        "id": agent,
+                        "availableUntil": chat_router::timestamp::format(until),
+                        "assigned": conversations,
+                    }));
+                }
             }
+        }
+        Command::Conversation { command } => {
+            let config = config()?;
+            let store = Arc::new(Store::open(config.database.clone()).await?);
+            let router = router(store.clone(), &config)?;
+            match command {
+                ConversationCommand::Transfer {
+                    conversation,
+                    department,
+                } => {
+                    let business = conversation_business(&store, &conversation).await?;
+                    print(json!(
+                        router
+                            .transfer(&business, &conversation, &department)
+                            .await?
+                    ));
+                }
+                ConversationCommand::Close { conversation } => {
+                    let business = conversation_business(&store, &conversation).await?;
+                    print(json!(router.close(&business, &conversation).await?));
+                }
+            }
+        }
+        Command::Sweep { older_than } => {
+            let config = config()?;
+            let store = Arc::new(Store::open(config.database.clone()).await?);
+            let router = Arc::new(router(store, &config)?);
+            let report = match &config.routing_queue_url {
+                Some(url) => {
+                    let older_than = older_than
+                        .map(std::time::Duration::from_secs)
+                        .or(config.sweep_after)
+                        .unwrap_or(DEFAULT_SWEEP_AFTER);
+                    let queue = SqsQueue::from_env(url).await;
+                    router.sweep(&queue, older_than).await?
+                }
+                None => {
+                    let older_than = older_than
+                        .map(std::time::Duration::from_secs)
+                        .or(config.sweep_after)
+                        .unwrap_or(app::LOCAL_SWEEP_AFTER);
+                    let queue = HandleNow(router.clone());
+                    router.sweep(&queue, older_than).await?
+                }
+            };
+            print(json!(report));
         }
         Command::Key {
             command: KeyCommand::Rotate { business },
@@ -262,13 +375,51 @@ async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Res
     }
     print(ready);
 
-    let webhook = Webhook::new(store, Arc::new(OutboxOnly));
+    let settings = app::Settings {
+        max_attempts: config.max_attempts,
+        sweep_after: config.sweep_after.unwrap_or(app::LOCAL_SWEEP_AFTER),
+        ..app::Settings::default()
+    };
+    let app = App::start(store, Chain::standard(LlmConfig::from_env()?)?, &settings);
     tracing::info!(addr = %local, "listening");
-    gateway::serve(listener, webhook, shutdown_signal())
+    gateway::serve(listener, app.webhook.clone(), shutdown_signal())
         .await
         .context("serving")?;
+    // Jobs still queued stay pending in the database; the next start hands them over.
+    app.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A router for a one-off command. Its events have no audience in this process;
+/// agents see the stored result when they next sync.
+fn router(store: Arc<Store>, config: &Config) -> anyhow::Result<Router> {
+    Ok(Router::new(
+        store,
+        Arc::new(Chain::standard(LlmConfig::from_env()?)?),
+        Arc::new(LocalNotifier::default()),
+        config.max_attempts,
+    ))
+}
+
+/// The business a conversation belongs to.
+async fn conversation_business(store: &Store, conversation: &str) -> anyhow::Result<String> {
+    chat_router::conversations::business_of(store, conversation)
+        .await?
+        .with_context(|| format!("no conversation {conversation}"))
+}
+
+/// For `chat-router sweep` without a queue: handles each job as it is handed over.
+struct HandleNow(Arc<Router>);
+
+#[async_trait]
+impl JobQueue for HandleNow {
+    async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
+        self.0
+            .process(job)
+            .await
+            .map_err(|err| QueueError(chat_router::error::chain(&err)))
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,6 +3,7 @@
 //! Every error names the variable at fault.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::store::Location;
 
@@ -19,11 +20,24 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// Default for `SWEEP_AFTER_SECONDS`: more than the routing queue's visibility timeout
+/// (180 s) times its receive limit (5) in the SAM template, so a job SQS still holds
+/// is never handed over twice.
+pub const DEFAULT_SWEEP_AFTER: Duration = Duration::from_secs(960);
+
 /// Settings shared by every entry point.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the database lives.
     pub database: Location,
+    /// `ROUTING_QUEUE_URL`: the SQS FIFO queue routing jobs go to; unset locally.
+    pub routing_queue_url: Option<String>,
+    /// `ROUTING_MAX_ATTEMPTS`: attempts at a job before it is marked failed.
+    pub max_attempts: u32,
+    /// `SWEEP_AFTER_SECONDS`: how long a job stays pending before the sweeper hands it
+    /// over again. Unset means [`DEFAULT_SWEEP_AFTER`] with SQS; `chat-router serve`
+    /// uses a shorter default, since its queue never holds a job twice.
+    pub sweep_after: Option<Duration>,
 }
 
 impl Config {
@@ -53,7 +67,42 @@ impl Config {
                 problem: "a remote database URL needs a host".into(),
             });
         }
-        Ok(Config { database })
+        let routing_queue_url = lookup("ROUTING_QUEUE_URL")
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty());
+        let max_attempts = number(&lookup, "ROUTING_MAX_ATTEMPTS", 1..=100)?
+            .unwrap_or(u64::from(crate::routing::DEFAULT_MAX_ATTEMPTS))
+            as u32;
+        let sweep_after =
+            number(&lookup, "SWEEP_AFTER_SECONDS", 0..=86_400)?.map(Duration::from_secs);
+        Ok(Config {
+            database,
+            routing_queue_url,
+            max_attempts,
+            sweep_after,
+        })
+    }
+}
+
+/// An optional whole number within `range`.
+fn number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(value) = lookup(variable).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(ConfigError {
+            variable,
+            problem: format!(
+                "must be a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        }),
     }
 }
 
@@ -109,5 +158,38 @@ mod tests {
         ])
         .unwrap();
         assert!(!format!("{remote:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn routing_settings_have_defaults_and_checked_overrides() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.routing_queue_url, None);
+        assert_eq!(defaults.max_attempts, 5);
+        assert_eq!(defaults.sweep_after, None);
+
+        let set = config(&[
+            (
+                "ROUTING_QUEUE_URL",
+                "http://127.0.0.1:5000/123/routing.fifo",
+            ),
+            ("ROUTING_MAX_ATTEMPTS", "3"),
+            ("SWEEP_AFTER_SECONDS", "30"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.routing_queue_url.as_deref(),
+            Some("http://127.0.0.1:5000/123/routing.fifo")
+        );
+        assert_eq!(set.max_attempts, 3);
+        assert_eq!(set.sweep_after, Some(Duration::from_secs(30)));
+
+        for (variable, value) in [
+            ("ROUTING_MAX_ATTEMPTS", "0"),
+            ("ROUTING_MAX_ATTEMPTS", "many"),
+            ("SWEEP_AFTER_SECONDS", "-1"),
+        ] {
+            let err = config(&[(variable, value)]).unwrap_err();
+            assert_eq!(err.variable, variable);
+        }
     }
 }

@@ -76,6 +76,26 @@ pub async fn get(
     }))
 }
 
+/// The business a conversation belongs to, for admin commands that name only the
+/// conversation.
+pub async fn business_of(
+    store: &Store,
+    conversation_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let conn = store.reader().await?;
+    let mut rows = conn
+        .query(
+            r#"SELECT "businessId" FROM "Conversation" WHERE "id" = ?1"#,
+            libsql::params![conversation_id],
+        )
+        .await
+        .context("reading a conversation")?;
+    match rows.next().await.context("reading a conversation")? {
+        Some(row) => Ok(Some(text(&row, 0)?)),
+        None => Ok(None),
+    }
+}
+
 /// A conversation's messages in order. Rows without a sequence number (written by
 /// other clients) come first, in insertion order.
 pub async fn messages(store: &Store, conversation_id: &str) -> Result<Vec<Message>, StoreError> {

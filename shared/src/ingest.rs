@@ -97,8 +97,8 @@ const NEXT_SEQUENCE: &str = r#"UPDATE "Conversation" SET "lastSequence" = "lastS
     WHERE "id" = ?1 RETURNING "lastSequence""#;
 const INSERT_MESSAGE: &str = r#"INSERT INTO "Message" ("id", "conversationId", "sender", "content", "createdAt", "sequence")
     VALUES (?1, ?2, 'customer', ?3, ?4, ?5)"#;
-const INSERT_JOB: &str = r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt")
-    VALUES ('message', ?1, ?2, ?3, ?4, ?4) RETURNING "id""#;
+const INSERT_JOB: &str = r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt", "enqueuedAt")
+    VALUES ('message', ?1, ?2, ?3, ?4, ?4, ?5) RETURNING "id""#;
 
 /// Every statement of [`store_message`], prepared once per batch on a local file.
 const STATEMENTS: [&str; 8] = [
@@ -375,7 +375,13 @@ async fn store_message(tx: &Sql<'_>, message: &NewMessage) -> Result<Outcome, St
     let mut rows = tx
         .query(
             INSERT_JOB,
-            libsql::params![business_id, conversation_id.as_str(), message_id, now],
+            libsql::params![
+                business_id,
+                conversation_id.as_str(),
+                message_id,
+                now,
+                timestamp::now_millis()
+            ],
         )
         .await
         .context("storing a job")?;

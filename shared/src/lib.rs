@@ -9,7 +9,9 @@
 //! - [`credentials`]: generating and hashing webhook keys and agent tokens.
 //! - [`conversations`]: reading conversations and messages.
 //! - [`ingest`]: the transaction that stores a customer's message.
-//! - [`queue`]: handing stored jobs on to be processed.
+//! - [`queue`]: handing stored jobs on to be processed: SQS FIFO or in-process.
+//! - [`routing`]: classifying, routing and assigning conversations; the sweeper.
+//! - [`events`]: what agents are told as conversations move.
 //! - [`classify`]: which department a message goes to: classifiers and their fallback chain.
 //! - [`webhook`]: the HTTP API handler shared by Lambda and the local gateway.
 //! - [`error`]: the HTTP error contract.
@@ -21,8 +23,10 @@ pub mod config;
 pub mod conversations;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod ingest;
 pub mod queue;
+pub mod routing;
 pub mod store;
 pub mod telemetry;
 pub mod tenants;

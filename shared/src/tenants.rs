@@ -302,6 +302,13 @@ pub async fn revoke_agent(store: &Store, agent_id: &str) -> Result<String, Admin
         )
         .await
         .context("revoking an agent token")?;
+        // A revoked agent takes no new conversations.
+        tx.execute(
+            r#"DELETE FROM "AgentPresence" WHERE "agentId" = ?1"#,
+            libsql::params![agent_id],
+        )
+        .await
+        .context("ending a revoked agent's availability")?;
         Ok::<_, AdminError>(business)
     }
     .await;
@@ -474,6 +481,43 @@ pub async fn departments(store: &Store, business_id: &str) -> Result<Vec<Departm
         });
     }
     Ok(out)
+}
+
+/// A business's routing profile: its departments, fallback department and confidence
+/// threshold. `None` if the business does not exist or has no departments.
+pub async fn business_profile(
+    store: &Store,
+    business_id: &str,
+) -> Result<Option<crate::classify::BusinessProfile>, StoreError> {
+    let threshold: f64 = {
+        let conn = store.reader().await?;
+        let mut rows = conn
+            .query(
+                r#"SELECT "confidenceThreshold" FROM "Business" WHERE "id" = ?1"#,
+                libsql::params![business_id],
+            )
+            .await
+            .context("reading a business")?;
+        match rows.next().await.context("reading a business")? {
+            Some(row) => row.get(0).context("reading a business")?,
+            None => return Ok(None),
+        }
+    };
+    let departments = departments(store, business_id).await?;
+    let Some(fallback) = departments
+        .iter()
+        .find(|d| d.is_fallback)
+        .or(departments.first())
+        .map(|d| d.config.name.clone())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(crate::classify::BusinessProfile {
+        business_id: business_id.to_owned(),
+        departments: departments.into_iter().map(|d| d.config).collect(),
+        fallback_department: fallback,
+        confidence_threshold: threshold,
+    }))
 }
 
 /// A stored department.

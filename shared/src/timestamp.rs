@@ -13,6 +13,12 @@ pub fn now() -> String {
     format(Utc::now())
 }
 
+/// The current time as integer milliseconds since the Unix epoch, for columns that
+/// are compared as numbers (queue positions, leases, hand-off times).
+pub fn now_millis() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
 /// Formats an instant as `YYYY-MM-DDTHH:MM:SS.sss+00:00`.
 pub fn format(at: DateTime<Utc>) -> String {
     // `use_z = false` gives the `+00:00` offset Prisma writes, not `Z`.

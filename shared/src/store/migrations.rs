@@ -18,14 +18,21 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "documented schema and product tables",
-    sql: V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "documented schema and product tables",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "routing: department queues, agent presence, job hand-off times",
+        sql: V2,
+    },
+];
 
 /// The schema version this build reads and writes.
-pub const CURRENT_VERSION: i64 = 1;
+pub const CURRENT_VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS "Business" (
@@ -141,6 +148,44 @@ CREATE TABLE "Job" (
     CONSTRAINT "Job_messageId_fkey" FOREIGN KEY ("messageId") REFERENCES "Message" ("id") ON DELETE CASCADE ON UPDATE CASCADE
 );
 CREATE INDEX "Job_status_id_idx" ON "Job" ("status", "id")
+"#;
+
+/// Routing. A conversation's place in its department's queue and a job's last hand-off
+/// are integer milliseconds since the Unix epoch, so they compare as numbers. Triggers
+/// keep assignment within an agent's capacity and business whatever the caller does:
+/// the routing code checks both first, so they only fire on a bug. (A trigger body
+/// keeps its `;` mid-line, since statements split at line ends.)
+const V2: &str = r#"
+ALTER TABLE "Conversation" ADD COLUMN "queuedAt" INTEGER;
+ALTER TABLE "Job" ADD COLUMN "enqueuedAt" INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE "AgentPresence" (
+    "agentId" TEXT NOT NULL PRIMARY KEY,
+    "businessId" TEXT NOT NULL,
+    "expiresAt" INTEGER NOT NULL,
+    "idleSince" INTEGER NOT NULL,
+    CONSTRAINT "AgentPresence_agentId_fkey" FOREIGN KEY ("agentId") REFERENCES "Agent" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE INDEX "AgentPresence_businessId_idx" ON "AgentPresence" ("businessId");
+
+CREATE INDEX "Conversation_waiting_idx" ON "Conversation" ("businessId", "department", "queuedAt")
+    WHERE "status" = 'open';
+CREATE INDEX "Conversation_assignedAgentId_idx" ON "Conversation" ("assignedAgentId")
+    WHERE "status" = 'in_progress';
+CREATE INDEX "Job_pending_conversation_idx" ON "Job" ("conversationId", "id")
+    WHERE "status" = 'pending';
+
+CREATE TRIGGER "Conversation_agent_capacity" BEFORE UPDATE OF "assignedAgentId", "status" ON "Conversation"
+    WHEN NEW."status" = 'in_progress' AND NEW."assignedAgentId" IS NOT NULL
+        AND (OLD."status" <> 'in_progress' OR OLD."assignedAgentId" IS NOT NEW."assignedAgentId")
+        AND (SELECT count(*) FROM "Conversation" WHERE "assignedAgentId" = NEW."assignedAgentId" AND "status" = 'in_progress')
+            >= (SELECT "capacity" FROM "Agent" WHERE "id" = NEW."assignedAgentId")
+    BEGIN SELECT RAISE(ABORT, 'agent_over_capacity'); END;
+
+CREATE TRIGGER "Conversation_agent_business" BEFORE UPDATE OF "assignedAgentId" ON "Conversation"
+    WHEN NEW."assignedAgentId" IS NOT NULL
+        AND (SELECT "businessId" FROM "Agent" WHERE "id" = NEW."assignedAgentId") IS NOT NEW."businessId"
+    BEGIN SELECT RAISE(ABORT, 'agent_of_another_business'); END
 "#;
 
 /// The table that records applied versions; created before any migration runs.

@@ -1,7 +1,11 @@
-//! Handing stored jobs to whatever processes them.
+//! Handing stored jobs to whatever processes them: SQS FIFO on AWS ([`sqs`]), an
+//! in-process queue locally ([`local`]), both with one ordering group per conversation.
 //!
 //! The job is already in the database when it is handed on, so a failed hand-off
 //! loses nothing: jobs left pending are swept and handed on again.
+
+pub mod local;
+pub mod sqs;
 
 use async_trait::async_trait;
 
@@ -29,4 +33,18 @@ impl JobQueue for OutboxOnly {
     async fn enqueue(&self, _job: &Job) -> Result<(), QueueError> {
         Ok(())
     }
+}
+
+/// Why a job was not done. The job stays pending and is handed over again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub String);
+
+/// Does the work a job stands for. Handling must be idempotent: a queue may hand the
+/// same job over more than once.
+#[async_trait]
+pub trait JobHandler: Send + Sync {
+    /// Handles one job. `Ok` means it is finished (done, or given up as failed) and
+    /// must not be handed over again; `Err` asks for another attempt later.
+    async fn handle(&self, job: &Job) -> Result<(), JobError>;
 }

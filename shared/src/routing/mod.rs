@@ -1,0 +1,883 @@
+//! Routing: turning stored messages into routed, assigned conversations.
+//!
+//! A [`Router`] handles the jobs the webhook stores. A job whose conversation has no
+//! department yet classifies the message with the [`Chain`], stores the result (status
+//! `open`) and assigns the conversation if an agent of that department is available
+//! (status `in_progress`); a job of a routed conversation delivers its message to the
+//! conversation's audience. Either way the job is marked done only after its events
+//! were published, so a message reaches agents at least once.
+//!
+//! # Assignment
+//!
+//! An agent is available while they hold an unexpired presence lease (the real-time
+//! gateway grants and renews it while the agent's socket is live and they have said
+//! they are ready). Among a department's available agents below their capacity, the
+//! one with the fewest conversations `in_progress` gets the next conversation; ties go
+//! to the agent idle longest, that is whose last assignment (or, failing one, whose
+//! lease began) is oldest. With nobody available a conversation stays `open` in its
+//! department's queue, and whenever an agent becomes available, closes a conversation
+//! or loses one to a transfer, the department's oldest waiting conversations go out
+//! first. Every change runs in one `BEGIN IMMEDIATE` transaction, so concurrent jobs
+//! and agents never push an agent past capacity or give a conversation two agents;
+//! triggers in the schema refuse both as well.
+//!
+//! # Reliability
+//!
+//! Each attempt at a job is counted in the database before the work starts. A job
+//! runs only after the earlier pending jobs of its conversation (it runs them first if
+//! they were lost), so a conversation's messages reach agents in order. A job that
+//! fails is retried by its queue; at the attempt limit it is marked `failed` with its
+//! last error, and a conversation it left unrouted goes to the business's fallback
+//! department. [`Router::sweep`] hands over jobs left pending (a crash or a failed
+//! hand-off after the webhook committed) and gives up those past the limit, including
+//! the ones SQS moved to its dead-letter queue.
+
+mod assign;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use libsql::Connection;
+
+pub use assign::Assignment;
+use assign::{VIEW, drain, returning_view};
+
+use crate::classify::{BusinessProfile, Chain, Classification, ClassifierKind};
+use crate::error::chain;
+use crate::events::{Audience, ConversationView, Event, Frame, MessageView, Notifier, NotifyError};
+use crate::ingest::Job;
+use crate::queue::{JobError, JobHandler, JobQueue};
+use crate::store::{Context, Store, StoreError, begin, finish, text};
+use crate::timestamp;
+
+/// Attempts at a job before it is marked failed; matches the routing queue's
+/// `maxReceiveCount` in the SAM template.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// How long a business's departments are cached; changes reach routing within it.
+const PROFILE_TTL: Duration = Duration::from_secs(30);
+
+/// Most pending jobs handed over per sweeper query.
+const SWEEP_CHUNK: i64 = 500;
+
+/// Why routing could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Events could not be delivered.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    /// A queued job has no row: it was never stored, or the message is not ours.
+    #[error("job {0} is not in the database")]
+    UnknownJob(i64),
+    /// A queued job's ids differ from its row.
+    #[error("job {0} does not match the stored job")]
+    JobMismatch(i64),
+    /// The business has no departments to route to.
+    #[error("business {0} has no departments")]
+    NoDepartments(String),
+    /// No such conversation in this business.
+    #[error("no such conversation")]
+    UnknownConversation,
+    /// No such department in this business.
+    #[error("no such department: {0}")]
+    UnknownDepartment(String),
+    /// A transfer to where the conversation already is.
+    #[error("the conversation is already in department {0}")]
+    SameDepartment(String),
+    /// The conversation is closed and cannot change.
+    #[error("the conversation is closed")]
+    Closed,
+    /// No such agent.
+    #[error("no such agent")]
+    UnknownAgent,
+}
+
+/// Why a router could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteSetupError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The classifier chain could not start.
+    #[error(transparent)]
+    Classifier(#[from] crate::classify::ClassifyError),
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    /// Jobs handed to the queue again.
+    pub requeued: u64,
+    /// Jobs past the attempt limit, now marked failed.
+    pub failed: u64,
+    /// Jobs the queue refused this time; they stay pending for the next sweep.
+    pub refused: u64,
+}
+
+/// Routes conversations and assigns them to agents. One per process, shared.
+pub struct Router {
+    store: Arc<Store>,
+    chain: Arc<Chain>,
+    notifier: Arc<dyn Notifier>,
+    max_attempts: i64,
+    profiles: Mutex<HashMap<String, (Instant, Arc<BusinessProfile>)>>,
+}
+
+impl Router {
+    /// A router that classifies with `chain`, tells agents through `notifier`, and
+    /// gives a job up after `max_attempts` attempts.
+    pub fn new(
+        store: Arc<Store>,
+        chain: Arc<Chain>,
+        notifier: Arc<dyn Notifier>,
+        max_attempts: u32,
+    ) -> Router {
+        Router {
+            store,
+            chain,
+            notifier,
+            max_attempts: i64::from(max_attempts.max(1)),
+            profiles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The router of a Lambda function: the standard classifier chain (the LLM when
+    /// `LLM_BASE_URL` is set) and the configured attempt limit.
+    ///
+    /// Its events go to the in-process notifier, which has no subscribers in a
+    /// function: live delivery to agents over API Gateway arrives with the WebSocket
+    /// functions, and until then agents find routed conversations when they sync.
+    pub fn from_env(
+        store: Arc<Store>,
+        config: &crate::config::Config,
+    ) -> Result<Router, RouteSetupError> {
+        let chain = Chain::standard(crate::classify::llm::LlmConfig::from_env()?)?;
+        Ok(Router::new(
+            store,
+            Arc::new(chain),
+            Arc::new(crate::events::LocalNotifier::new(1)),
+            config.max_attempts,
+        ))
+    }
+
+    /// The store it routes in.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Handles one job, after any earlier pending jobs of its conversation. `Ok` means
+    /// the job is finished (done, or failed for good); an `Err` asks for a retry.
+    pub async fn process(&self, job: &Job) -> Result<(), RouteError> {
+        let pending = self.pending_through(job).await?;
+        if pending.is_empty() {
+            // Finished already (a duplicate delivery), or not ours at all.
+            return self.check_finished(job).await;
+        }
+        for earlier in &pending {
+            self.attempt(earlier).await?;
+        }
+        Ok(())
+    }
+
+    /// The conversation's pending jobs up to and including `job`, oldest first.
+    async fn pending_through(&self, job: &Job) -> Result<Vec<Job>, RouteError> {
+        let conn = self.store.reader().await?;
+        let mut rows = conn
+            .query(
+                r#"SELECT "id", "businessId", "messageId" FROM "Job"
+                   WHERE "conversationId" = ?1 AND "status" = 'pending' AND "id" <= ?2
+                   ORDER BY "id" LIMIT 100"#,
+                libsql::params![job.conversation_id.as_str(), job.id],
+            )
+            .await
+            .context("reading pending jobs")?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.context("reading pending jobs")? {
+            let found = Job {
+                id: row.get(0).context("reading pending jobs")?,
+                business_id: text(&row, 1)?,
+                conversation_id: job.conversation_id.clone(),
+                message_id: text(&row, 2)?,
+            };
+            if found.business_id != job.business_id
+                || (found.id == job.id && found.message_id != job.message_id)
+            {
+                return Err(RouteError::JobMismatch(job.id));
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    async fn check_finished(&self, job: &Job) -> Result<(), RouteError> {
+        let conn = self.store.reader().await?;
+        let mut rows = conn
+            .query(
+                r#"SELECT "businessId", "conversationId", "messageId" FROM "Job" WHERE "id" = ?1"#,
+                libsql::params![job.id],
+            )
+            .await
+            .context("reading a job")?;
+        let Some(row) = rows.next().await.context("reading a job")? else {
+            return Err(RouteError::UnknownJob(job.id));
+        };
+        if text(&row, 0)? != job.business_id
+            || text(&row, 1)? != job.conversation_id
+            || text(&row, 2)? != job.message_id
+        {
+            return Err(RouteError::JobMismatch(job.id));
+        }
+        tracing::debug!(job = job.id, "job already finished");
+        Ok(())
+    }
+
+    /// One counted attempt at one job.
+    async fn attempt(&self, job: &Job) -> Result<(), RouteError> {
+        let now = timestamp::now();
+        let attempts = {
+            let conn = self.store.writer().await?;
+            let mut rows = conn
+                .query(
+                    r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
+                       WHERE "id" = ?1 AND "status" = 'pending' RETURNING "attempts""#,
+                    libsql::params![job.id, now.as_str()],
+                )
+                .await
+                .context("counting an attempt")?;
+            match rows.next().await.context("counting an attempt")? {
+                Some(row) => row.get::<i64>(0).context("counting an attempt")?,
+                // Finished by another delivery meanwhile.
+                None => return Ok(()),
+            }
+        };
+        if attempts > self.max_attempts {
+            // Earlier attempts ended without recording a result (a crash, say).
+            return self.give_up(job, "attempt limit reached").await;
+        }
+        match self.run(job).await {
+            Ok(()) => Ok(()),
+            Err(err) if attempts >= self.max_attempts => {
+                tracing::error!(job = job.id, attempts, cause = %chain(&err), "job failed for good");
+                self.give_up(job, &chain(&err)).await
+            }
+            Err(err) => {
+                let conn = self.store.writer().await?;
+                conn.execute(
+                    r#"UPDATE "Job" SET "lastError" = ?2 WHERE "id" = ?1"#,
+                    libsql::params![job.id, chain(&err)],
+                )
+                .await
+                .context("recording a job's error")?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn run(&self, job: &Job) -> Result<(), RouteError> {
+        let found = self.load(job).await?;
+        let mut events = Vec::new();
+        if found.routed {
+            events.push(message_event(&found));
+        } else {
+            let profile = self.profile(&job.business_id).await?;
+            let classification = self.chain.classify(&profile, &found.message.content).await;
+            events = self.route(job, &found, &classification).await?;
+        }
+        for event in &events {
+            self.notifier.publish(event).await?;
+        }
+        let conn = self.store.writer().await?;
+        conn.execute(
+            r#"UPDATE "Job" SET "status" = 'done', "lastError" = NULL, "updatedAt" = ?2
+               WHERE "id" = ?1 AND "status" = 'pending'"#,
+            libsql::params![job.id, timestamp::now()],
+        )
+        .await
+        .context("finishing a job")?;
+        Ok(())
+    }
+
+    /// The job's conversation and message.
+    async fn load(&self, job: &Job) -> Result<Loaded, RouteError> {
+        let conn = self.store.reader().await?;
+        let mut rows = conn
+            .query(
+                r#"SELECT c."businessId", c."department", c."status", c."assignedAgentId",
+                          m."sender", m."content", m."sequence", m."createdAt"
+                   FROM "Message" m JOIN "Conversation" c ON c."id" = m."conversationId"
+                   WHERE m."id" = ?1 AND c."id" = ?2"#,
+                libsql::params![job.message_id.as_str(), job.conversation_id.as_str()],
+            )
+            .await
+            .context("reading a job's message")?;
+        let row = rows
+            .next()
+            .await
+            .context("reading a job's message")?
+            .ok_or(RouteError::JobMismatch(job.id))?;
+        if text(&row, 0)? != job.business_id {
+            return Err(RouteError::JobMismatch(job.id));
+        }
+        let department = text(&row, 1)?;
+        let status = text(&row, 2)?;
+        let created = row.get_value(7).context("reading a job's message")?;
+        let created_at = timestamp::parse(&created)
+            .map(timestamp::format)
+            .ok_or_else(|| StoreError::Corrupt(format!("unreadable date {created:?}")))?;
+        Ok(Loaded {
+            routed: !(department.is_empty() && status == "pending"),
+            department,
+            assigned_agent_id: row.get(3).context("reading a job's message")?,
+            message: MessageView {
+                id: job.message_id.clone(),
+                sender: text(&row, 4)?,
+                content: text(&row, 5)?,
+                sequence: row
+                    .get::<Option<i64>>(6)
+                    .context("reading a job's message")?
+                    .unwrap_or(0),
+                created_at,
+            },
+            business_id: job.business_id.clone(),
+            conversation_id: job.conversation_id.clone(),
+        })
+    }
+
+    /// Stores a classification and assigns; returns the events to publish.
+    async fn route(
+        &self,
+        job: &Job,
+        found: &Loaded,
+        classification: &Classification,
+    ) -> Result<Vec<Event>, RouteError> {
+        let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
+        let conn = self.store.writer().await?;
+        let tx = begin(&conn, "starting to route a conversation").await?;
+        let result = async {
+            let routed =
+                set_department(&tx, &job.conversation_id, classification, now_ms, &now).await?;
+            let Some(routed) = routed else {
+                // Routed meanwhile (a transfer, another delivery): just deliver.
+                return Ok(None);
+            };
+            let assigned = drain(
+                &tx,
+                &job.business_id,
+                &classification.department,
+                now_ms,
+                &now,
+            )
+            .await?;
+            Ok::<_, RouteError>(Some((routed, assigned)))
+        }
+        .await;
+        let Some((routed, assigned)) = finish(tx, result).await? else {
+            drop(conn);
+            let found = self.load(job).await?;
+            return Ok(vec![message_event(&found)]);
+        };
+        tracing::info!(
+            business = %job.business_id,
+            conversation = %job.conversation_id,
+            department = %classification.department,
+            classifier = classification.classifier.as_str(),
+            confidence = classification.confidence,
+            "routed conversation"
+        );
+        let mut events = vec![Event {
+            audience: audience(&job.business_id, &routed.department, None),
+            frame: Frame::Routed {
+                conversation: routed.clone(),
+            },
+        }];
+        let mut agent = None;
+        for assignment in assigned {
+            if assignment.conversation.id == job.conversation_id {
+                agent = Some(assignment.agent_id.clone());
+            }
+            events.push(assigned_event(&job.business_id, assignment));
+        }
+        let mut message = found.clone();
+        message.department = routed.department;
+        message.assigned_agent_id = agent;
+        events.push(message_event(&message));
+        Ok(events)
+    }
+
+    /// Marks a job failed for good. A conversation it left unrouted goes to the
+    /// business's fallback department, so it is never stranded.
+    async fn give_up(&self, job: &Job, error: &str) -> Result<(), RouteError> {
+        let fallback = match self.profile(&job.business_id).await {
+            Ok(profile) => Some(Classification {
+                department: profile.fallback_department.clone(),
+                intent: None,
+                confidence: 0.0,
+                classifier: ClassifierKind::Fallback,
+            }),
+            Err(err) => {
+                tracing::error!(business = %job.business_id, cause = %chain(&err), "no fallback department");
+                None
+            }
+        };
+        let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
+        let conn = self.store.writer().await?;
+        let tx = begin(&conn, "starting to fail a job").await?;
+        let result = async {
+            let changed = tx
+                .execute(
+                    r#"UPDATE "Job" SET "status" = 'failed', "lastError" = ?2, "updatedAt" = ?3
+                       WHERE "id" = ?1 AND "status" = 'pending'"#,
+                    libsql::params![job.id, error, now.as_str()],
+                )
+                .await
+                .context("failing a job")?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            let Some(fallback) = &fallback else {
+                return Ok(None);
+            };
+            let Some(routed) =
+                set_department(&tx, &job.conversation_id, fallback, now_ms, &now).await?
+            else {
+                return Ok(None);
+            };
+            let assigned = drain(&tx, &job.business_id, &fallback.department, now_ms, &now).await?;
+            Ok::<_, RouteError>(Some((routed, assigned)))
+        }
+        .await;
+        let outcome = finish(tx, result).await?;
+        drop(conn);
+        tracing::error!(job = job.id, conversation = %job.conversation_id, "job marked failed");
+        if let Some((routed, assigned)) = outcome {
+            let mut events = vec![Event {
+                audience: audience(&job.business_id, &routed.department, None),
+                frame: Frame::Routed {
+                    conversation: routed,
+                },
+            }];
+            events.extend(
+                assigned
+                    .into_iter()
+                    .map(|a| assigned_event(&job.business_id, a)),
+            );
+            self.publish_all(events).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes events whose state is already stored; a failure is logged, since
+    /// agents read the same state when they sync.
+    async fn publish_all(&self, events: Vec<Event>) {
+        for event in events {
+            if let Err(err) = self.notifier.publish(&event).await {
+                tracing::warn!(kind = event.frame.kind(), cause = %chain(&err), "event not delivered");
+            }
+        }
+    }
+
+    /// The business's routing profile, cached for [`PROFILE_TTL`].
+    async fn profile(&self, business_id: &str) -> Result<Arc<BusinessProfile>, RouteError> {
+        if let Some((loaded, profile)) = self
+            .profiles
+            .lock()
+            .expect("profile cache lock")
+            .get(business_id)
+            && loaded.elapsed() < PROFILE_TTL
+        {
+            return Ok(profile.clone());
+        }
+        let profile = crate::tenants::business_profile(&self.store, business_id)
+            .await?
+            .ok_or_else(|| RouteError::NoDepartments(business_id.to_owned()))?;
+        let profile = Arc::new(profile);
+        self.profiles
+            .lock()
+            .expect("profile cache lock")
+            .insert(business_id.to_owned(), (Instant::now(), profile.clone()));
+        Ok(profile)
+    }
+
+    /// Hands over jobs pending since before `older_than` ago, oldest first, and marks
+    /// failed those past the attempt limit. Hand-over stops at the first refusal, so a
+    /// queue that is down is not hammered; what is left waits for the next sweep.
+    pub async fn sweep(
+        &self,
+        queue: &dyn JobQueue,
+        older_than: Duration,
+    ) -> Result<SweepReport, RouteError> {
+        let started = timestamp::now_millis();
+        let cutoff = started - older_than.as_millis() as i64;
+        let mut report = SweepReport::default();
+        let mut after = 0i64;
+        loop {
+            let stale = self.stale_jobs(cutoff, after).await?;
+            let Some(last) = stale.last() else { break };
+            after = last.0.id;
+            for (job, attempts) in stale {
+                if attempts >= self.max_attempts {
+                    self.give_up(&job, "attempt limit reached; the job was swept")
+                        .await?;
+                    report.failed += 1;
+                    continue;
+                }
+                if let Err(err) = queue.enqueue(&job).await {
+                    tracing::warn!(job = job.id, cause = %chain(&err), "sweep could not hand a job over");
+                    report.refused += 1;
+                    return Ok(report);
+                }
+                let conn = self.store.writer().await?;
+                conn.execute(
+                    r#"UPDATE "Job" SET "enqueuedAt" = ?2 WHERE "id" = ?1 AND "status" = 'pending'"#,
+                    libsql::params![job.id, timestamp::now_millis()],
+                )
+                .await
+                .context("recording a hand-over")?;
+                report.requeued += 1;
+            }
+        }
+        if report != SweepReport::default() {
+            tracing::info!(
+                requeued = report.requeued,
+                failed = report.failed,
+                refused = report.refused,
+                "swept pending jobs"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn stale_jobs(&self, cutoff: i64, after: i64) -> Result<Vec<(Job, i64)>, RouteError> {
+        let conn = self.store.reader().await?;
+        let mut rows = conn
+            .query(
+                r#"SELECT "id", "businessId", "conversationId", "messageId", "attempts" FROM "Job"
+                   WHERE "status" = 'pending' AND "id" > ?2 AND "enqueuedAt" <= ?1
+                   ORDER BY "id" LIMIT ?3"#,
+                libsql::params![cutoff, after, SWEEP_CHUNK],
+            )
+            .await
+            .context("finding pending jobs")?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().await.context("finding pending jobs")? {
+            out.push((
+                Job {
+                    id: row.get(0).context("finding pending jobs")?,
+                    business_id: text(&row, 1)?,
+                    conversation_id: text(&row, 2)?,
+                    message_id: text(&row, 3)?,
+                },
+                row.get(4).context("finding pending jobs")?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Makes an agent available until `expires_at_ms` (milliseconds since the Unix
+    /// epoch) and gives them waiting conversations of their department.
+    pub async fn agent_available(
+        &self,
+        agent_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<Vec<Assignment>, RouteError> {
+        let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
+        let conn = self.store.writer().await?;
+        let tx = begin(&conn, "starting to make an agent available").await?;
+        let result = async {
+            let (business, department) = assign::agent(&tx, agent_id)
+                .await?
+                .ok_or(RouteError::UnknownAgent)?;
+            assign::set_presence(&tx, agent_id, &business, expires_at_ms, now_ms).await?;
+            let assigned = drain(&tx, &business, &department, now_ms, &now).await?;
+            Ok::<_, RouteError>((business, assigned))
+        }
+        .await;
+        let (business, assigned) = finish(tx, result).await?;
+        drop(conn);
+        self.publish_all(
+            assigned
+                .iter()
+                .cloned()
+                .map(|a| assigned_event(&business, a))
+                .collect(),
+        )
+        .await;
+        Ok(assigned)
+    }
+
+    /// Ends an agent's availability; they keep the conversations they have.
+    pub async fn agent_unavailable(&self, agent_id: &str) -> Result<(), RouteError> {
+        let conn = self.store.writer().await?;
+        conn.execute(
+            r#"DELETE FROM "AgentPresence" WHERE "agentId" = ?1"#,
+            libsql::params![agent_id],
+        )
+        .await
+        .context("ending an agent's availability")?;
+        Ok(())
+    }
+
+    /// Closes a conversation of `business_id`; its agent's department's next waiting
+    /// conversation goes to them.
+    pub async fn close(
+        &self,
+        business_id: &str,
+        conversation_id: &str,
+    ) -> Result<ConversationView, RouteError> {
+        let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
+        let conn = self.store.writer().await?;
+        let tx = begin(&conn, "starting to close a conversation").await?;
+        let result = async {
+            let sql = format!(
+                r#"UPDATE "Conversation" SET "status" = 'closed', "closedAt" = ?3, "updatedAt" = ?3
+                   WHERE "id" = ?1 AND "businessId" = ?2 AND "status" <> 'closed' RETURNING {VIEW}"#
+            );
+            let Some(closed) = returning_view(
+                &tx,
+                &sql,
+                libsql::params![conversation_id, business_id, now.as_str()],
+                "closing a conversation",
+            )
+            .await?
+            else {
+                return Err(missing_or_closed(&tx, business_id, conversation_id).await);
+            };
+            let mut assigned = Vec::new();
+            if let Some(agent) = &closed.assigned_agent_id
+                && let Some((_, department)) = assign::agent(&tx, agent).await?
+            {
+                assigned = drain(&tx, business_id, &department, now_ms, &now).await?;
+            }
+            Ok((closed, assigned))
+        }
+        .await;
+        let (closed, assigned) = finish(tx, result).await?;
+        drop(conn);
+        tracing::info!(business = %business_id, conversation = %conversation_id, "closed conversation");
+        let mut events = vec![Event {
+            audience: audience(
+                business_id,
+                &closed.department,
+                closed.assigned_agent_id.as_deref(),
+            ),
+            frame: Frame::Closed {
+                conversation: closed.clone(),
+            },
+        }];
+        events.extend(assigned.into_iter().map(|a| assigned_event(business_id, a)));
+        self.publish_all(events).await;
+        Ok(closed)
+    }
+
+    /// Moves a conversation of `business_id` to another of its departments, where it
+    /// waits in the queue or goes straight to an available agent. The agent who had it
+    /// gets room for the next waiting conversation of their own department.
+    pub async fn transfer(
+        &self,
+        business_id: &str,
+        conversation_id: &str,
+        department: &str,
+    ) -> Result<ConversationView, RouteError> {
+        let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
+        let conn = self.store.writer().await?;
+        let tx = begin(&conn, "starting a transfer").await?;
+        let result = async {
+            let mut rows = tx
+                .query(
+                    r#"SELECT "department", "status", "assignedAgentId" FROM "Conversation"
+                       WHERE "id" = ?1 AND "businessId" = ?2"#,
+                    libsql::params![conversation_id, business_id],
+                )
+                .await
+                .context("reading a conversation")?;
+            let row = rows
+                .next()
+                .await
+                .context("reading a conversation")?
+                .ok_or(RouteError::UnknownConversation)?;
+            let (from, status) = (text(&row, 0)?, text(&row, 1)?);
+            let previous_agent: Option<String> = row.get(2).context("reading a conversation")?;
+            drop(rows);
+            if status == "closed" {
+                return Err(RouteError::Closed);
+            }
+            if from == department {
+                return Err(RouteError::SameDepartment(from));
+            }
+            let exists = assign::first_text(
+                &tx,
+                r#"SELECT "name" FROM "Department" WHERE "businessId" = ?1 AND "name" = ?2"#,
+                libsql::params![business_id, department],
+                "reading a department",
+            )
+            .await?;
+            if exists.is_none() {
+                return Err(RouteError::UnknownDepartment(department.to_owned()));
+            }
+            let sql = format!(
+                r#"UPDATE "Conversation" SET "department" = ?3, "status" = 'open', "assignedAgentId" = NULL,
+                       "queuedAt" = ?4, "updatedAt" = ?5
+                   WHERE "id" = ?1 AND "businessId" = ?2 RETURNING {VIEW}"#
+            );
+            let moved = returning_view(
+                &tx,
+                &sql,
+                libsql::params![conversation_id, business_id, department, now_ms, now.as_str()],
+                "transferring a conversation",
+            )
+            .await?
+            .ok_or(RouteError::UnknownConversation)?;
+            let mut assigned = drain(&tx, business_id, department, now_ms, &now).await?;
+            if let Some(agent) = &previous_agent
+                && let Some((_, agent_department)) = assign::agent(&tx, agent).await?
+                && agent_department != department
+            {
+                assigned.extend(drain(&tx, business_id, &agent_department, now_ms, &now).await?);
+            }
+            Ok((from, previous_agent, moved, assigned))
+        }
+        .await;
+        let (from, previous_agent, moved, assigned) = finish(tx, result).await?;
+        drop(conn);
+        tracing::info!(
+            business = %business_id,
+            conversation = %conversation_id,
+            from = %from,
+            to = %department,
+            "transferred conversation"
+        );
+        let mut after = moved.clone();
+        if let Some(a) = assigned.iter().find(|a| a.conversation.id == moved.id) {
+            after = a.conversation.clone();
+        }
+        let mut events = vec![Event {
+            audience: Audience {
+                business_id: business_id.to_owned(),
+                departments: [from.clone(), department.to_owned()]
+                    .into_iter()
+                    .filter(|d| !d.is_empty())
+                    .collect(),
+                agents: previous_agent.into_iter().collect(),
+            },
+            frame: Frame::Transferred {
+                conversation: moved,
+                from_department: from,
+            },
+        }];
+        events.extend(assigned.into_iter().map(|a| assigned_event(business_id, a)));
+        self.publish_all(events).await;
+        Ok(after)
+    }
+}
+
+#[async_trait]
+impl JobHandler for Router {
+    async fn handle(&self, job: &Job) -> Result<(), JobError> {
+        self.process(job).await.map_err(|err| JobError(chain(&err)))
+    }
+}
+
+/// A job's conversation and message, as read before routing.
+#[derive(Debug, Clone)]
+struct Loaded {
+    business_id: String,
+    conversation_id: String,
+    /// False while the conversation waits for its first classification.
+    routed: bool,
+    department: String,
+    assigned_agent_id: Option<String>,
+    message: MessageView,
+}
+
+/// Stores a classification on a conversation still being routed and puts it in its
+/// department's queue. `None` if it was routed already.
+async fn set_department(
+    conn: &Connection,
+    conversation_id: &str,
+    classification: &Classification,
+    now_ms: i64,
+    now: &str,
+) -> Result<Option<ConversationView>, StoreError> {
+    let sql = format!(
+        r#"UPDATE "Conversation" SET "department" = ?2, "intent" = ?3, "confidence" = ?4,
+               "classifier" = ?5, "status" = 'open', "queuedAt" = ?6, "updatedAt" = ?7
+           WHERE "id" = ?1 AND "status" = 'pending' AND "department" = '' RETURNING {VIEW}"#
+    );
+    returning_view(
+        conn,
+        &sql,
+        libsql::params![
+            conversation_id,
+            classification.department.as_str(),
+            classification.intent.as_deref(),
+            classification.confidence,
+            classification.classifier.as_str(),
+            now_ms,
+            now
+        ],
+        "storing a classification",
+    )
+    .await
+}
+
+/// Why a conversation could not be changed: it is closed, or not this business's.
+async fn missing_or_closed(
+    conn: &Connection,
+    business_id: &str,
+    conversation_id: &str,
+) -> RouteError {
+    let found = assign::first_text(
+        conn,
+        r#"SELECT "status" FROM "Conversation" WHERE "id" = ?1 AND "businessId" = ?2"#,
+        libsql::params![conversation_id, business_id],
+        "reading a conversation",
+    )
+    .await;
+    match found {
+        Ok(Some(_)) => RouteError::Closed,
+        Ok(None) => RouteError::UnknownConversation,
+        Err(err) => err.into(),
+    }
+}
+
+fn audience(business_id: &str, department: &str, agent: Option<&str>) -> Audience {
+    Audience {
+        business_id: business_id.to_owned(),
+        departments: vec![department.to_owned()],
+        agents: agent.map(str::to_owned).into_iter().collect(),
+    }
+}
+
+fn assigned_event(business_id: &str, assignment: Assignment) -> Event {
+    Event {
+        audience: audience(
+            business_id,
+            &assignment.conversation.department,
+            Some(&assignment.agent_id),
+        ),
+        frame: Frame::Assigned {
+            conversation: assignment.conversation,
+            agent_id: assignment.agent_id,
+        },
+    }
+}
+
+fn message_event(found: &Loaded) -> Event {
+    Event {
+        audience: audience(
+            &found.business_id,
+            &found.department,
+            found.assigned_agent_id.as_deref(),
+        ),
+        frame: Frame::MessageCreated {
+            conversation_id: found.conversation_id.clone(),
+            message: found.message.clone(),
+        },
+    }
+}
