@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks. Usage: scripts/bench.sh ingest [SECONDS]
+# Benchmarks. Usage: scripts/bench.sh ingest|route [SECONDS]
 #
 # ingest: starts `chat-router serve --demo` on a fresh local file, drives
 # POST /webhook/message with oha (installed into .tools/ on first use), and prints
@@ -7,12 +7,26 @@
 # and throughput and latency at full speed.
 # Then it stops the server and checks that every acknowledged (202) message is in
 # the database.
+#
+# route: the whole local product in one process (local/examples/bench_route.rs) on a
+# fresh local file with the embedded classifier: new conversations posted over HTTP,
+# routed through the in-process queue and assigned to available agents. Prints
+# conversations routed per second and p50/p99 from the webhook's 202 to the
+# committed assignment, at a steady 1,000/s and at full speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
 seconds=${2:-10}
-[ "$what" = ingest ] || { echo "usage: scripts/bench.sh ingest [SECONDS]" >&2; exit 2; }
+case "$what" in
+  ingest) ;;
+  route)
+    export RUST_LOG=error
+    exec cargo run --quiet --profile fast --locked -p chat-router-local --example bench_route \
+      -- "$seconds" 1000
+    ;;
+  *) echo "usage: scripts/bench.sh ingest|route [SECONDS]" >&2; exit 2 ;;
+esac
 
 OHA_VERSION=1.16.0
 OHA=.tools/oha/bin/oha

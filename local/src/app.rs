@@ -1,13 +1,15 @@
 //! The whole product in one process: the webhook, the in-process routing queue, the
-//! router with its classifiers, the in-process notifier and the periodic sweeper.
+//! router with its classifiers, the WebSocket handlers with the in-process connection
+//! registry and sockets, and the periodic sweeper.
 //! `chat-router serve`, the tests and the benchmarks all start it the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_router::classify::Chain;
-use chat_router::events::LocalNotifier;
+use chat_router::events::{LocalNotifier, Notifier};
 use chat_router::queue::local::LocalQueue;
+use chat_router::realtime::{LocalConnections, LocalSockets, Notifiers, Realtime};
 use chat_router::routing::Router;
 use chat_router::store::Store;
 use chat_router::webhook::Webhook;
@@ -35,6 +37,8 @@ pub struct Settings {
     pub sweep_every: Duration,
     /// Routing jobs handled at once.
     pub workers: usize,
+    /// How long an agent stays available after their last frame.
+    pub lease: Duration,
 }
 
 impl Default for Settings {
@@ -44,6 +48,7 @@ impl Default for Settings {
             sweep_after: LOCAL_SWEEP_AFTER,
             sweep_every: SWEEP_EVERY,
             workers: ROUTING_WORKERS,
+            lease: chat_router::realtime::DEFAULT_LEASE,
         }
     }
 }
@@ -52,8 +57,15 @@ impl Default for Settings {
 pub struct App {
     /// The database.
     pub store: Arc<Store>,
-    /// Every event routing publishes.
+    /// Every event routing publishes, for observers in this process; connected agents
+    /// get theirs through `realtime`.
     pub notifier: LocalNotifier,
+    /// The WebSocket handlers.
+    pub realtime: Arc<Realtime>,
+    /// Who is connected.
+    pub registry: Arc<LocalConnections>,
+    /// The open sockets.
+    pub sockets: Arc<LocalSockets>,
     /// The router the queue feeds.
     pub router: Arc<Router>,
     /// The in-process routing queue.
@@ -61,6 +73,7 @@ pub struct App {
     /// The HTTP handler, enqueueing to `queue`.
     pub webhook: Webhook,
     sweeper: tokio::task::JoinHandle<()>,
+    revocations: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -68,11 +81,23 @@ impl App {
     /// left pending by an earlier process at once.
     pub fn start(store: Arc<Store>, chain: Chain, settings: &Settings) -> App {
         let notifier = LocalNotifier::default();
+        let registry = Arc::new(LocalConnections::new());
+        let sockets = Arc::new(LocalSockets::new());
+        let to_sockets = Realtime::notifier(store.clone(), registry.clone(), sockets.clone());
+        let both: Vec<Arc<dyn Notifier>> = vec![to_sockets.clone(), Arc::new(notifier.clone())];
         let router = Arc::new(Router::new(
             store.clone(),
             Arc::new(chain),
-            Arc::new(notifier.clone()),
+            Arc::new(Notifiers(both)),
             settings.max_attempts,
+        ));
+        let realtime = Arc::new(Realtime::new(
+            store.clone(),
+            router.clone(),
+            registry.clone(),
+            sockets.clone(),
+            to_sockets,
+            settings.lease,
         ));
         let queue = LocalQueue::start(router.clone(), settings.workers);
         let webhook = Webhook::new(store.clone(), Arc::new(queue.clone()));
@@ -82,19 +107,39 @@ impl App {
             settings.sweep_after,
             settings.sweep_every,
         ));
+        let revocations = tokio::spawn(close_revoked_periodically(
+            realtime.clone(),
+            registry.clone(),
+        ));
         App {
             store,
             notifier,
+            realtime,
+            registry,
+            sockets,
             router,
             queue,
             webhook,
             sweeper,
+            revocations,
+        }
+    }
+
+    /// What the local gateway serves for this product: the webhook and the WebSockets.
+    pub fn gateway(&self) -> crate::gateway::Gateway {
+        crate::gateway::Gateway {
+            webhook: self.webhook.clone(),
+            ws: Some(crate::ws::WsState::new(
+                self.realtime.clone(),
+                self.sockets.clone(),
+            )),
         }
     }
 
     /// Stops the sweeper and the queue workers (after their current job).
     pub fn stop(&self) {
         self.sweeper.abort();
+        self.revocations.abort();
         self.queue.shutdown();
     }
 }
@@ -118,5 +163,19 @@ async fn sweep_periodically(
         }
         older_than = after;
         tokio::time::sleep(every).await;
+    }
+}
+
+/// How often the local gateway looks for sockets whose token was revoked (by
+/// `chat-router agent revoke` in another process, say).
+pub const REVOCATION_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+async fn close_revoked_periodically(realtime: Arc<Realtime>, registry: Arc<LocalConnections>) {
+    loop {
+        tokio::time::sleep(REVOCATION_CHECK_EVERY).await;
+        let connections = registry.all();
+        if !connections.is_empty() {
+            realtime.close_revoked(&connections).await;
+        }
     }
 }

@@ -23,20 +23,52 @@ use lambda_http::aws_lambda_events::apigw::{
 use lambda_http::http::HeaderMap;
 use tokio::net::TcpListener;
 
+/// What the gateway serves: the webhook, and, when given, the WebSocket API with its
+/// management API.
+#[derive(Clone)]
+pub struct Gateway {
+    /// The HTTP API's handler.
+    pub webhook: Webhook,
+    /// The WebSocket routes.
+    pub ws: Option<crate::ws::WsState>,
+}
+
+impl From<Webhook> for Gateway {
+    fn from(webhook: Webhook) -> Gateway {
+        Gateway { webhook, ws: None }
+    }
+}
+
 /// Builds the gateway's router.
-pub fn router(webhook: Webhook) -> Router {
-    Router::new().fallback(forward).with_state(webhook)
+pub fn router(gateway: impl Into<Gateway>) -> Router {
+    let gateway = gateway.into();
+    let mut router = Router::new();
+    if let Some(ws) = gateway.ws {
+        use axum::routing::get;
+        router = router.merge(
+            Router::new()
+                .route("/ws", get(crate::ws::upgrade))
+                .route(
+                    "/@connections/{id}",
+                    get(crate::ws::describe)
+                        .post(crate::ws::post)
+                        .delete(crate::ws::delete),
+                )
+                .with_state(ws),
+        );
+    }
+    router.fallback(forward).with_state(gateway.webhook)
 }
 
 /// Serves until `shutdown` resolves, then finishes the requests in flight.
 pub async fn serve(
     listener: TcpListener,
-    webhook: Webhook,
+    gateway: impl Into<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(webhook).into_make_service_with_connect_info::<SocketAddr>(),
+        router(gateway).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -377,12 +377,13 @@ async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Res
 
     let settings = app::Settings {
         max_attempts: config.max_attempts,
+        lease: config.agent_lease,
         sweep_after: config.sweep_after.unwrap_or(app::LOCAL_SWEEP_AFTER),
         ..app::Settings::default()
     };
     let app = App::start(store, Chain::standard(LlmConfig::from_env()?)?, &settings);
     tracing::info!(addr = %local, "listening");
-    gateway::serve(listener, app.webhook.clone(), shutdown_signal())
+    gateway::serve(listener, app.gateway(), shutdown_signal())
         .await
         .context("serving")?;
     // Jobs still queued stay pending in the database; the next start hands them over.

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[path = "../../shared/tests/common/mod.rs"]
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_chat-router");
 
 fn chat_router(db: &Path, args: &[&str]) -> Output {
@@ -40,11 +43,11 @@ fn admin_commands_print_json_and_fail_with_a_message() {
 
     assert_eq!(
         json_out(&chat_router(&db, &["migrate"])),
-        json!({"schemaVersion": 1})
+        json!({"schemaVersion": chat_router::store::CURRENT_VERSION})
     );
     assert_eq!(
         json_out(&chat_router(&db, &["migrate"])),
-        json!({"schemaVersion": 1})
+        json!({"schemaVersion": chat_router::store::CURRENT_VERSION})
     );
 
     let business = json_out(&chat_router(
@@ -198,12 +201,6 @@ async fn post_until(
 }
 
 fn stored_ids(db: &Path) -> std::collections::HashSet<String> {
-    let output = Command::new("sqlite3")
-        .arg(db)
-        .arg(r#"SELECT "id" FROM "Message""#)
-        .output();
-    // Prefer our own reader: sqlite3 may not be installed.
-    drop(output);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = chat_router::store::Store::open(chat_router::store::Location::Local(db.into()))
@@ -347,4 +344,170 @@ fn eval_prints_the_report_as_json() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: "));
+}
+
+/// Runs `chat-router` with extra environment variables.
+fn chat_router_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("runs chat-router")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_commands_make_agents_available_transfer_close_and_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("routing.db");
+    let business = json_out(&chat_router(
+        &db,
+        &["business", "create", "--config", &demo_file()],
+    ));
+    let business = business["id"].as_str().unwrap().to_owned();
+    let agent = |name: &str, department: &str| {
+        json_out(&chat_router(
+            &db,
+            &[
+                "agent",
+                "create",
+                "--business",
+                &business,
+                "--name",
+                name,
+                "--department",
+                department,
+            ],
+        ))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (ann, bea) = (agent("Ann", "Support"), agent("Bea", "Billing"));
+
+    // A message stored by the webhook whose hand-off to the queue never happened.
+    let store = chat_router::store::Store::open(chat_router::store::Location::Local(db.clone()))
+        .await
+        .unwrap();
+    let message = chat_router::ingest::NewMessage {
+        business_id: business.clone(),
+        content: "The app crashes when I log in".into(),
+        customer_id: Some("ana".into()),
+        customer_name: None,
+        channel: None,
+        idempotency: None,
+    };
+    let chat_router::ingest::Outcome::Stored { job, .. } =
+        chat_router::ingest::ingest(&store, &message).await.unwrap()
+    else {
+        panic!("not stored")
+    };
+    drop(store);
+
+    // With a routing queue configured, the sweep hands it to SQS (moto here).
+    let moto = common::Moto::start().await;
+    let sqs = moto.sqs();
+    let url = sqs
+        .create_queue()
+        .queue_name("routing.fifo")
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let aws = [
+        ("ROUTING_QUEUE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let swept = json_out(&chat_router_env(&db, &["sweep", "--older-than", "0"], &aws));
+    assert_eq!(swept, json!({"requeued": 1, "failed": 0, "refused": 0}));
+    let received = sqs
+        .receive_message()
+        .queue_url(&url)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let message = &received.messages()[0];
+    let sent: chat_router::ingest::Job = serde_json::from_str(message.body().unwrap()).unwrap();
+    assert_eq!(sent, job);
+    assert_eq!(
+        message.attributes().unwrap()
+            [&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId],
+        job.conversation_id
+    );
+
+    // Without one, the sweep handles the job in process: routed, nobody available.
+    let swept = json_out(&chat_router(&db, &["sweep", "--older-than", "0"]));
+    assert_eq!(swept["requeued"], 1);
+    let conversation = job.conversation_id.as_str();
+
+    // Ann becomes available and gets it; a transfer hands it to Billing's queue, and
+    // Bea gets it when she becomes available; closing frees her.
+    let available = json_out(&chat_router(
+        &db,
+        &["agent", "available", "--agent", &ann, "--seconds", "60"],
+    ));
+    assert_eq!(available["assigned"], json!([conversation]));
+    let moved = json_out(&chat_router(
+        &db,
+        &[
+            "conversation",
+            "transfer",
+            "--conversation",
+            conversation,
+            "--department",
+            "Billing",
+        ],
+    ));
+    assert_eq!(moved["department"], "Billing");
+    assert_eq!(moved["status"], "open");
+    let available = json_out(&chat_router(
+        &db,
+        &["agent", "available", "--agent", &bea, "--seconds", "60"],
+    ));
+    assert_eq!(available["assigned"], json!([conversation]));
+    let closed = json_out(&chat_router(
+        &db,
+        &["conversation", "close", "--conversation", conversation],
+    ));
+    assert_eq!(closed["status"], "closed");
+
+    for args in [
+        vec![
+            "conversation",
+            "close",
+            "--conversation",
+            "no-such-conversation",
+        ],
+        vec![
+            "conversation",
+            "transfer",
+            "--conversation",
+            conversation,
+            "--department",
+            "Nope",
+        ],
+        vec![
+            "agent",
+            "available",
+            "--agent",
+            "no-such-agent",
+            "--seconds",
+            "60",
+        ],
+    ] {
+        let output = chat_router(&db, &args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
 }

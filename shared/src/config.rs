@@ -38,6 +38,14 @@ pub struct Config {
     /// over again. Unset means [`DEFAULT_SWEEP_AFTER`] with SQS; `chat-router serve`
     /// uses a shorter default, since its queue never holds a job twice.
     pub sweep_after: Option<Duration>,
+    /// `CONNECTIONS_TABLE`: the DynamoDB table of agents' connections (AWS).
+    pub connections_table: Option<String>,
+    /// `WEBSOCKET_ENDPOINT`: where API Gateway's management API for the WebSocket API
+    /// is (`https://{api}.execute-api.{region}.amazonaws.com/{stage}`).
+    pub websocket_endpoint: Option<String>,
+    /// `AGENT_LEASE_SECONDS`: how long an agent stays available after their last
+    /// frame.
+    pub agent_lease: Duration,
 }
 
 impl Config {
@@ -75,11 +83,31 @@ impl Config {
             as u32;
         let sweep_after =
             number(&lookup, "SWEEP_AFTER_SECONDS", 0..=86_400)?.map(Duration::from_secs);
+        let text = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let websocket_endpoint = text("WEBSOCKET_ENDPOINT");
+        if let Some(endpoint) = &websocket_endpoint
+            && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+        {
+            return Err(ConfigError {
+                variable: "WEBSOCKET_ENDPOINT",
+                problem: "must be an https:// (or local http://) URL".into(),
+            });
+        }
+        let agent_lease = number(&lookup, "AGENT_LEASE_SECONDS", 1..=3_600)?
+            .map(Duration::from_secs)
+            .unwrap_or(crate::realtime::DEFAULT_LEASE);
         Ok(Config {
             database,
             routing_queue_url,
             max_attempts,
             sweep_after,
+            connections_table: text("CONNECTIONS_TABLE"),
+            websocket_endpoint,
+            agent_lease,
         })
     }
 }
@@ -187,6 +215,8 @@ mod tests {
             ("ROUTING_MAX_ATTEMPTS", "0"),
             ("ROUTING_MAX_ATTEMPTS", "many"),
             ("SWEEP_AFTER_SECONDS", "-1"),
+            ("AGENT_LEASE_SECONDS", "0"),
+            ("WEBSOCKET_ENDPOINT", "wss://x"),
         ] {
             let err = config(&[(variable, value)]).unwrap_err();
             assert_eq!(err.variable, variable);

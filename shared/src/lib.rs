@@ -12,6 +12,7 @@
 //! - [`queue`]: handing stored jobs on to be processed: SQS FIFO or in-process.
 //! - [`routing`]: classifying, routing and assigning conversations; the sweeper.
 //! - [`events`]: what agents are told as conversations move.
+//! - [`realtime`]: agents' WebSocket connections, their actions, live delivery.
 //! - [`classify`]: which department a message goes to: classifiers and their fallback chain.
 //! - [`webhook`]: the HTTP API handler shared by Lambda and the local gateway.
 //! - [`error`]: the HTTP error contract.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod queue;
+pub mod realtime;
 pub mod routing;
 pub mod store;
 pub mod telemetry;

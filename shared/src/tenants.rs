@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{self, Kind, Secret};
-use crate::store::{Context, Store, StoreError, begin, finish};
+use crate::store::{Context, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
 /// Longest business, department or agent name accepted.
@@ -346,7 +346,7 @@ pub async fn authenticate_webhook(store: &Store, key: &str) -> Result<Option<Str
     }
     Ok(find_credential(store, Kind::Webhook, key)
         .await?
-        .map(|(business, _)| business))
+        .map(|found| found.business_id))
 }
 
 /// An authenticated agent.
@@ -356,6 +356,11 @@ pub struct AgentIdentity {
     pub business_id: String,
     /// The agent.
     pub agent_id: String,
+    /// The agent's department.
+    pub department: String,
+    /// The credential the token matched (not the token): a connection made with it
+    /// ends once it is revoked.
+    pub credential_id: String,
 }
 
 /// The agent a token belongs to, if the token is current.
@@ -366,26 +371,48 @@ pub async fn authenticate_agent(
     if !credentials::well_formed(Kind::Agent, token) {
         return Ok(None);
     }
-    Ok(find_credential(store, Kind::Agent, token)
-        .await?
-        .and_then(|(business_id, agent)| {
-            agent.map(|agent_id| AgentIdentity {
-                business_id,
-                agent_id,
-            })
-        }))
+    let Some(found) = find_credential(store, Kind::Agent, token).await? else {
+        return Ok(None);
+    };
+    let Some(agent_id) = found.agent_id else {
+        return Ok(None);
+    };
+    let conn = store.reader().await?;
+    let mut rows = conn
+        .query(
+            r#"SELECT "department" FROM "Agent" WHERE "id" = ?1 AND "businessId" = ?2"#,
+            libsql::params![agent_id.as_str(), found.business_id.as_str()],
+        )
+        .await
+        .context("reading an agent")?;
+    let Some(row) = rows.next().await.context("reading an agent")? else {
+        return Ok(None);
+    };
+    Ok(Some(AgentIdentity {
+        business_id: found.business_id,
+        department: text(&row, 0)?,
+        agent_id,
+        credential_id: found.id,
+    }))
+}
+
+/// A current credential.
+struct Found {
+    id: String,
+    business_id: String,
+    agent_id: Option<String>,
 }
 
 async fn find_credential(
     store: &Store,
     kind: Kind,
     presented: &str,
-) -> Result<Option<(String, Option<String>)>, StoreError> {
+) -> Result<Option<Found>, StoreError> {
     let hash = credentials::hash(presented);
     let conn = store.reader().await?;
     let mut rows = conn
         .query(
-            r#"SELECT "businessId", "agentId", "secretHash" FROM "Credential"
+            r#"SELECT "businessId", "agentId", "secretHash", "id" FROM "Credential"
                WHERE "secretHash" = ?1 AND "kind" = ?2 AND "revokedAt" IS NULL"#,
             libsql::params![hash.to_vec(), kind.as_str()],
         )
@@ -398,9 +425,11 @@ async fn find_credential(
     if !credentials::hashes_match(&stored, &hash) {
         return Ok(None);
     }
-    let business: String = row.get(0).context("reading a credential")?;
-    let agent: Option<String> = row.get(1).context("reading a credential")?;
-    Ok(Some((business, agent)))
+    Ok(Some(Found {
+        business_id: row.get(0).context("reading a credential")?,
+        agent_id: row.get(1).context("reading a credential")?,
+        id: row.get(3).context("reading a credential")?,
+    }))
 }
 
 async fn insert_credential(

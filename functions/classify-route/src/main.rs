@@ -18,7 +18,10 @@ async fn main() -> Result<(), Error> {
     // invocations of this instance.
     let config = Config::from_env()?;
     let store = Arc::new(Store::open(config.database.clone()).await?);
-    let router = Arc::new(chat_router::routing::Router::from_env(store, &config)?);
+    let notifier = chat_router::realtime::notifier_from_env(store.clone(), &config).await;
+    let router = Arc::new(chat_router::routing::Router::from_env(
+        store, &config, notifier,
+    )?);
 
     run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let router = router.clone();

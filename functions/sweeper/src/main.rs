@@ -21,13 +21,18 @@ async fn main() -> Result<(), Error> {
         .ok_or("ROUTING_QUEUE_URL: the sweeper needs the routing queue")?;
     let older_than = config.sweep_after.unwrap_or(DEFAULT_SWEEP_AFTER);
     let store = Arc::new(Store::open(config.database.clone()).await?);
-    let router = Arc::new(chat_router::routing::Router::from_env(store, &config)?);
+    let notifier = chat_router::realtime::notifier_from_env(store.clone(), &config).await;
+    let router = Arc::new(chat_router::routing::Router::from_env(
+        store, &config, notifier,
+    )?);
     let queue = Arc::new(SqsQueue::from_env(queue_url).await);
 
-    run(service_fn(|_: LambdaEvent<EventBridgeEvent>| {
+    run(service_fn(|event: LambdaEvent<EventBridgeEvent>| {
         let (router, queue) = (router.clone(), queue.clone());
         async move {
-            let report = router.sweep(queue.as_ref(), older_than).await?;
+            let report = router
+                .sweep_on_schedule(queue.as_ref(), older_than, &event.payload)
+                .await?;
             Ok::<_, Error>(serde_json::to_value(report)?)
         }
     }))

@@ -99,7 +99,6 @@ pub async fn handle_batch(handler: &dyn JobHandler, event: SqsEvent) -> SqsBatch
     for id in failures.into_iter().flatten() {
         response.batch_item_failures.push(BatchItemFailure {
             item_identifier: id,
-            ..BatchItemFailure::default()
         });
     }
     response

@@ -32,6 +32,7 @@
 //! hand-off after the webhook committed) and gives up those past the limit, including
 //! the ones SQS moved to its dead-letter queue.
 
+mod agents;
 mod assign;
 
 use std::collections::HashMap;
@@ -39,10 +40,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use libsql::Connection;
 
+pub use agents::{AgentRef, Reply, end_availability, renew_availability};
 pub use assign::Assignment;
 use assign::{VIEW, drain, returning_view};
+pub(crate) use assign::{VIEW as VIEW_COLUMNS, view as read_view};
 
 use crate::classify::{BusinessProfile, Chain, Classification, ClassifierKind};
 use crate::error::chain;
@@ -95,6 +99,18 @@ pub enum RouteError {
     /// No such agent.
     #[error("no such agent")]
     UnknownAgent,
+    /// The conversation is in another department and not the agent's.
+    #[error("the conversation belongs to another department")]
+    Forbidden,
+    /// The conversation is assigned to another agent.
+    #[error("the conversation is assigned to another agent")]
+    NotAssigned,
+    /// The agent has as many conversations as their capacity allows.
+    #[error("the agent is at capacity")]
+    OverCapacity,
+    /// The conversation is still being routed.
+    #[error("the conversation is still being routed")]
+    NotRouted,
 }
 
 /// Why a router could not be built.
@@ -106,6 +122,9 @@ pub enum RouteSetupError {
     /// The classifier chain could not start.
     #[error(transparent)]
     Classifier(#[from] crate::classify::ClassifyError),
+    /// A required setting is missing.
+    #[error("{0} must be set")]
+    Missing(&'static str),
 }
 
 /// What a sweep did.
@@ -148,20 +167,18 @@ impl Router {
     }
 
     /// The router of a Lambda function: the standard classifier chain (the LLM when
-    /// `LLM_BASE_URL` is set) and the configured attempt limit.
-    ///
-    /// Its events go to the in-process notifier, which has no subscribers in a
-    /// function: live delivery to agents over API Gateway arrives with the WebSocket
-    /// functions, and until then agents find routed conversations when they sync.
+    /// `LLM_BASE_URL` is set), the configured attempt limit, and events through
+    /// `notifier` (see [`crate::realtime::notifier_from_env`]).
     pub fn from_env(
         store: Arc<Store>,
         config: &crate::config::Config,
+        notifier: Arc<dyn Notifier>,
     ) -> Result<Router, RouteSetupError> {
         let chain = Chain::standard(crate::classify::llm::LlmConfig::from_env()?)?;
         Ok(Router::new(
             store,
             Arc::new(chain),
-            Arc::new(crate::events::LocalNotifier::new(1)),
+            notifier,
             config.max_attempts,
         ))
     }
@@ -553,6 +570,22 @@ impl Router {
         Ok(report)
     }
 
+    /// The sweeper function's handler: one [`Router::sweep`] per scheduled event.
+    pub async fn sweep_on_schedule(
+        &self,
+        queue: &dyn JobQueue,
+        older_than: Duration,
+        event: &EventBridgeEvent,
+    ) -> Result<SweepReport, RouteError> {
+        tracing::debug!(
+            event = event.id.as_deref().unwrap_or(""),
+            source = %event.source,
+            detail_type = %event.detail_type,
+            "scheduled sweep"
+        );
+        self.sweep(queue, older_than).await
+    }
+
     async fn stale_jobs(&self, cutoff: i64, after: i64) -> Result<Vec<(Job, i64)>, RouteError> {
         let conn = self.store.reader().await?;
         let mut rows = conn
@@ -613,14 +646,7 @@ impl Router {
 
     /// Ends an agent's availability; they keep the conversations they have.
     pub async fn agent_unavailable(&self, agent_id: &str) -> Result<(), RouteError> {
-        let conn = self.store.writer().await?;
-        conn.execute(
-            r#"DELETE FROM "AgentPresence" WHERE "agentId" = ?1"#,
-            libsql::params![agent_id],
-        )
-        .await
-        .context("ending an agent's availability")?;
-        Ok(())
+        Ok(end_availability(&self.store, agent_id).await?)
     }
 
     /// Closes a conversation of `business_id`; its agent's department's next waiting
@@ -630,10 +656,33 @@ impl Router {
         business_id: &str,
         conversation_id: &str,
     ) -> Result<ConversationView, RouteError> {
+        self.close_by(business_id, conversation_id, None).await
+    }
+
+    /// [`Router::close`] on behalf of an agent, who must be allowed to work the
+    /// conversation (see [`AgentRef`]).
+    pub async fn close_as(
+        &self,
+        agent: &AgentRef,
+        conversation_id: &str,
+    ) -> Result<ConversationView, RouteError> {
+        self.close_by(&agent.business_id, conversation_id, Some(agent))
+            .await
+    }
+
+    async fn close_by(
+        &self,
+        business_id: &str,
+        conversation_id: &str,
+        actor: Option<&AgentRef>,
+    ) -> Result<ConversationView, RouteError> {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to close a conversation").await?;
         let result = async {
+            if let Some(agent) = actor {
+                agents::authorize(&tx, agent, conversation_id).await?;
+            }
             let sql = format!(
                 r#"UPDATE "Conversation" SET "status" = 'closed', "closedAt" = ?3, "updatedAt" = ?3
                    WHERE "id" = ?1 AND "businessId" = ?2 AND "status" <> 'closed' RETURNING {VIEW}"#
@@ -684,10 +733,36 @@ impl Router {
         conversation_id: &str,
         department: &str,
     ) -> Result<ConversationView, RouteError> {
+        self.transfer_by(business_id, conversation_id, department, None)
+            .await
+    }
+
+    /// [`Router::transfer`] on behalf of an agent, who must be allowed to work the
+    /// conversation (see [`AgentRef`]).
+    pub async fn transfer_as(
+        &self,
+        agent: &AgentRef,
+        conversation_id: &str,
+        department: &str,
+    ) -> Result<ConversationView, RouteError> {
+        self.transfer_by(&agent.business_id, conversation_id, department, Some(agent))
+            .await
+    }
+
+    async fn transfer_by(
+        &self,
+        business_id: &str,
+        conversation_id: &str,
+        department: &str,
+        actor: Option<&AgentRef>,
+    ) -> Result<ConversationView, RouteError> {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting a transfer").await?;
         let result = async {
+            if let Some(agent) = actor {
+                agents::authorize(&tx, agent, conversation_id).await?;
+            }
             let mut rows = tx
                 .query(
                     r#"SELECT "department", "status", "assignedAgentId" FROM "Conversation"

@@ -29,10 +29,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "routing: department queues, agent presence, job hand-off times",
         sql: V2,
     },
+    Migration {
+        version: 3,
+        name: "agent replies: the agent who wrote a message and the client's message id",
+        sql: V3,
+    },
 ];
 
 /// The schema version this build reads and writes.
-pub const CURRENT_VERSION: i64 = 2;
+pub const CURRENT_VERSION: i64 = 3;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS "Business" (
@@ -186,6 +191,15 @@ CREATE TRIGGER "Conversation_agent_business" BEFORE UPDATE OF "assignedAgentId" 
     WHEN NEW."assignedAgentId" IS NOT NULL
         AND (SELECT "businessId" FROM "Agent" WHERE "id" = NEW."assignedAgentId") IS NOT NEW."businessId"
     BEGIN SELECT RAISE(ABORT, 'agent_of_another_business'); END
+"#;
+
+/// Agent replies. A message an agent wrote names the agent; the client's own id for it
+/// (`clientMessageId`) is unique per conversation, so a resent reply is stored once.
+const V3: &str = r#"
+ALTER TABLE "Message" ADD COLUMN "agentId" TEXT;
+ALTER TABLE "Message" ADD COLUMN "clientMessageId" TEXT;
+CREATE UNIQUE INDEX "Message_conversationId_clientMessageId_key" ON "Message" ("conversationId", "clientMessageId")
+    WHERE "clientMessageId" IS NOT NULL
 "#;
 
 /// The table that records applied versions; created before any migration runs.

@@ -178,3 +178,113 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// A running moto server (a local AWS API emulator), killed on drop. It comes from
+/// the `.venv` that `scripts/setup.sh` creates; set `MOTO_SERVER` to use another.
+pub struct Moto {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let bin = match std::env::var_os("MOTO_SERVER") {
+            Some(path) => PathBuf::from(path),
+            None => workspace().join(".venv/bin/moto_server"),
+        };
+        assert!(
+            bin.exists(),
+            "moto_server not found at {}: run scripts/setup.sh (which installs it) or set MOTO_SERVER",
+            bin.display()
+        );
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start moto at {}: {err}", bin.display()));
+        let server = Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start listening on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An SQS client for this server with dummy credentials, as the SDK would build
+    /// from `AWS_ENDPOINT_URL` and the standard variables.
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repository's root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Creates the demo business of `tenants/demo.json`; returns its id.
+pub async fn demo_business(store: &Store) -> String {
+    let text = std::fs::read_to_string(workspace().join("tenants/demo.json")).expect("demo tenant");
+    let config: chat_router::tenants::BusinessConfig =
+        serde_json::from_str(&text).expect("tenant json");
+    chat_router::tenants::create_business(store, &config)
+        .await
+        .expect("create business")
+        .id
+}
+
+/// Stores a customer's message as the webhook does; returns its job.
+pub async fn customer_message(
+    store: &Store,
+    business: &str,
+    customer: &str,
+    text: &str,
+) -> chat_router::ingest::Job {
+    let message = chat_router::ingest::NewMessage {
+        business_id: business.to_owned(),
+        content: text.to_owned(),
+        customer_id: Some(customer.to_owned()),
+        customer_name: None,
+        channel: None,
+        idempotency: None,
+    };
+    match chat_router::ingest::ingest(store, &message)
+        .await
+        .expect("ingest")
+    {
+        chat_router::ingest::Outcome::Stored { job, .. } => job,
+        other => panic!("not stored: {other:?}"),
+    }
+}
