@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks. Usage: scripts/bench.sh ingest|route [SECONDS]
+# Benchmarks. Usage: scripts/bench.sh ingest|route|realtime [SECONDS]
 #
 # ingest: starts `chat-router serve --demo` on a fresh local file, drives
 # POST /webhook/message with oha (installed into .tools/ on first use), and prints
@@ -13,6 +13,11 @@
 # routed through the in-process queue and assigned to available agents. Prints
 # conversations routed per second and p50/p99 from the webhook's 202 to the
 # committed assignment, at a steady 1,000/s and at full speed.
+#
+# realtime: the whole local product in one process (local/examples/bench_realtime.rs)
+# with real WebSocket clients: p50/p99 from the webhook's 202 to the event on the
+# agent's socket at a steady 200 messages/s, and one event fanned out to 1,000
+# connected sockets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +30,12 @@ case "$what" in
     exec cargo run --quiet --profile fast --locked -p chat-router-local --example bench_route \
       -- "$seconds" 1000
     ;;
-  *) echo "usage: scripts/bench.sh ingest|route [SECONDS]" >&2; exit 2 ;;
+  realtime)
+    export RUST_LOG=error
+    exec cargo run --quiet --profile fast --locked -p chat-router-local --example bench_realtime \
+      -- "$seconds" 200 1000
+    ;;
+  *) echo "usage: scripts/bench.sh ingest|route|realtime [SECONDS]" >&2; exit 2 ;;
 esac
 
 OHA_VERSION=1.16.0

