@@ -383,8 +383,8 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\nrealtime benchmark: local gateway, embedded classifier, SQLite file");
     println!(
-        "{:<46}{:>8}{:>9}{:>10}{:>10}{:>10}  {}",
-        "measure (ms from the webhook's 202)", "events", "missing", "p50", "p99", "max", "target"
+        "{:<46}{:>8}{:>9}{:>10}{:>10}{:>10}  target",
+        "measure (ms from the webhook's 202)", "events", "missing", "p50", "p99", "max"
     );
     for row in rows {
         println!(

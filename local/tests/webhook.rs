@@ -518,3 +518,19 @@ async fn the_sample_event_runs_through_the_handler() {
             .unwrap();
     assert_eq!(messages[0].content, "I want to know the price");
 }
+
+#[tokio::test]
+async fn the_sample_health_event_runs_through_the_handler() {
+    let db = TestDb::new(Backend::File).await;
+    let store = Arc::new(db.store().await);
+    let webhook = Webhook::new(store, Arc::new(OutboxOnly));
+    let event = include_str!("../../events/health.json");
+    let request = lambda_http::request::from_str(event).expect("the event parses");
+    let response = webhook.handle(request).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = serde_json::from_slice(response.body().as_ref()).unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ok", "schemaVersion": chat_router::store::CURRENT_VERSION})
+    );
+}

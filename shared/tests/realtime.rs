@@ -344,7 +344,7 @@ async fn revoking_an_agent_closes_their_sockets_and_their_next_frame_is_refused(
     }
     assert!(!rig.sockets.contains(&first) && !rig.sockets.contains(&second));
     let left: Vec<String> = rig.registry.all().into_iter().map(|c| c.agent_id).collect();
-    assert_eq!(left, [other.id.clone()]);
+    assert_eq!(left, [other.id.as_str()]);
     assert!(nothing_waiting(&mut other_socket));
 
     // A connection the revocation missed (another process's) goes at its next frame.

@@ -375,12 +375,15 @@ both_backends!(
             .await
             .unwrap_err();
         assert!(err.to_string().contains("agent_over_capacity"), "{err}");
+        // The local store has one writer: give it back while the admin calls write.
+        drop(conn);
 
         let other = demo_business(&s.store).await;
         let stranger = tenants::create_agent(&s.store, &other, "Eve", "Support", 5)
             .await
             .unwrap()
             .id;
+        let conn = s.store.writer().await.unwrap();
         let err = conn
         .execute(
             &format!(

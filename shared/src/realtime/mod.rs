@@ -253,7 +253,7 @@ impl Realtime {
         };
         let name = incoming.action.name();
         let result = match incoming.action {
-            Action::Ping => Ok(Outgoing::Pong),
+            Action::Ping {} => Ok(Outgoing::Pong),
             Action::Sync { cursor } => self.sync(&agent, cursor.as_deref()).await,
             Action::SendMessage {
                 conversation_id,

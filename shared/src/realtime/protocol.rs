@@ -35,8 +35,9 @@ pub enum Action {
         #[serde(default)]
         cursor: Option<String>,
     },
-    /// Renews the lease; answered with `pong`.
-    Ping,
+    /// Renews the lease; answered with `pong`. (A struct variant, so unknown fields are
+    /// refused here as for every other action.)
+    Ping {},
     /// A reply to a conversation.
     SendMessage {
         /// The conversation.
@@ -67,7 +68,7 @@ impl Action {
     pub fn name(&self) -> &'static str {
         match self {
             Action::Sync { .. } => "sync",
-            Action::Ping => "ping",
+            Action::Ping {} => "ping",
             Action::SendMessage { .. } => "sendmessage",
             Action::Close { .. } => "close",
             Action::Transfer { .. } => "transfer",
@@ -264,7 +265,7 @@ pub fn parse(body: &str) -> Result<Incoming, Outgoing> {
 fn validate(action: &Action) -> Result<(), &'static str> {
     let id_ok = |id: &str| !id.trim().is_empty() && id.chars().count() <= MAX_FIELD_CHARS;
     match action {
-        Action::Ping | Action::Sync { cursor: None } => Ok(()),
+        Action::Ping {} | Action::Sync { cursor: None } => Ok(()),
         Action::Sync { cursor: Some(c) }
             if !c.is_empty() && c.len() <= 9 && c.bytes().all(|b| b.is_ascii_digit()) =>
         {
@@ -316,7 +317,10 @@ mod tests {
 
     #[test]
     fn frames_parse_by_action() {
-        assert_eq!(parse(r#"{"action":"ping"}"#).unwrap().action, Action::Ping);
+        assert_eq!(
+            parse(r#"{"action":"ping"}"#).unwrap().action,
+            Action::Ping {}
+        );
         assert_eq!(
             parse(r#"{"action":"sendmessage","conversationId":"c","content":"hi","clientMessageId":"m1"}"#)
                 .unwrap()
