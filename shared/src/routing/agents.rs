@@ -35,22 +35,21 @@ pub struct Reply {
     pub duplicate: bool,
 }
 
-/// Checks inside a write transaction that `agent` may act on the conversation;
-/// returns its department, status and assigned agent.
-pub(crate) async fn authorize(
+/// A conversation's department, status and assigned agent. Another business's
+/// conversation is, to the caller, no conversation at all.
+pub(crate) async fn placement(
     conn: &Connection,
-    agent: &AgentRef,
+    business_id: &str,
     conversation_id: &str,
 ) -> Result<(String, String, Option<String>), RouteError> {
     let mut rows = conn
         .query(
             r#"SELECT "department", "status", "assignedAgentId" FROM "Conversation"
                WHERE "id" = ?1 AND "businessId" = ?2"#,
-            libsql::params![conversation_id, agent.business_id.as_str()],
+            libsql::params![conversation_id, business_id],
         )
         .await
         .context("reading a conversation")?;
-    // Another business's conversation is, to this agent, no conversation at all.
     let row = rows
         .next()
         .await
@@ -58,7 +57,18 @@ pub(crate) async fn authorize(
         .ok_or(RouteError::UnknownConversation)?;
     let (department, status) = (text(&row, 0)?, text(&row, 1)?);
     let assigned: Option<String> = row.get(2).context("reading a conversation")?;
-    drop(rows);
+    Ok((department, status, assigned))
+}
+
+/// Checks inside a write transaction that `agent` may act on the conversation;
+/// returns its department, status and assigned agent.
+pub(crate) async fn authorize(
+    conn: &Connection,
+    agent: &AgentRef,
+    conversation_id: &str,
+) -> Result<(String, String, Option<String>), RouteError> {
+    let (department, status, assigned) =
+        placement(conn, &agent.business_id, conversation_id).await?;
     if assigned.as_deref() == Some(agent.agent_id.as_str()) && status == "in_progress" {
         return Ok((department, status, assigned));
     }

@@ -763,22 +763,8 @@ impl Router {
             if let Some(agent) = actor {
                 agents::authorize(&tx, agent, conversation_id).await?;
             }
-            let mut rows = tx
-                .query(
-                    r#"SELECT "department", "status", "assignedAgentId" FROM "Conversation"
-                       WHERE "id" = ?1 AND "businessId" = ?2"#,
-                    libsql::params![conversation_id, business_id],
-                )
-                .await
-                .context("reading a conversation")?;
-            let row = rows
-                .next()
-                .await
-                .context("reading a conversation")?
-                .ok_or(RouteError::UnknownConversation)?;
-            let (from, status) = (text(&row, 0)?, text(&row, 1)?);
-            let previous_agent: Option<String> = row.get(2).context("reading a conversation")?;
-            drop(rows);
+            let (from, status, previous_agent) =
+                agents::placement(&tx, business_id, conversation_id).await?;
             if status == "closed" {
                 return Err(RouteError::Closed);
             }

@@ -274,9 +274,15 @@ impl Store {
     /// run from several processes at once.
     pub async fn migrate(&self) -> Result<i64, StoreError> {
         let conn = self.writer().await?;
-        conn.execute(migrations::VERSION_TABLE, ())
+        // Every write here takes the write lock first (BEGIN IMMEDIATE), the version
+        // table's creation too, so processes migrating at once meet only at BEGIN.
+        let tx = begin(&conn, "starting to create the schema version table").await?;
+        let created = tx
+            .execute(migrations::VERSION_TABLE, ())
             .await
-            .context("creating the schema version table")?;
+            .context("creating the schema version table")
+            .map(|_| ());
+        finish(tx, created).await?;
         let mut version = schema_version(&conn).await?;
         for migration in migrations::MIGRATIONS {
             if migration.version <= version {

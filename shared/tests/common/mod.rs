@@ -85,20 +85,8 @@ impl Sqld {
             url: format!("http://127.0.0.1:{port}"),
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sqld did not start listening on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_listening("sqld", port, Duration::from_secs(20)).await;
+        server
     }
 }
 
@@ -125,6 +113,22 @@ pub fn sqld_binary() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Waits until a server just started accepts connections on `port`; fails the test
+/// loudly when it does not within `limit`.
+async fn wait_listening(name: &str, port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start listening on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 fn free_port() -> u16 {
@@ -208,20 +212,8 @@ impl Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start listening on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening("moto", port, Duration::from_secs(30)).await;
+        server
     }
 
     /// An SQS client for this server with dummy credentials, as the SDK would build
