@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use chat_router::callback::signature::{self, DEFAULT_TOLERANCE, SignatureHeader};
 use chat_router::classify::{Chain, llm::LlmConfig};
 use chat_router::config::{Config, DEFAULT_SWEEP_AFTER};
 use chat_router::events::LocalNotifier;
@@ -78,6 +80,35 @@ enum Command {
     },
     /// Evaluate the embedded classifier on a labelled `text,category` CSV.
     Eval(EvalArgs),
+    /// Work with callbacks, the deliveries of agents' replies to businesses.
+    Callback {
+        #[command(subcommand)]
+        command: CallbackCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CallbackCommand {
+    /// Check a delivery's signature as its receiver would; prints
+    /// `{"valid": true, "timestamp": T}`, or fails with the reason.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The business's signing secret (`whsec_...`). Prefer the environment variable:
+    /// other users of the machine can read command lines.
+    #[arg(long, env = "CALLBACK_SIGNING_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The `X-Chat-Router-Signature` header's value, `t=...,v1=...`.
+    #[arg(long)]
+    signature: String,
+    /// A file holding the body exactly as received; `-` reads standard input.
+    #[arg(long)]
+    body: PathBuf,
+    /// How far the signed timestamp may be from now, either way.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TOLERANCE.as_secs())]
+    tolerance: u64,
 }
 
 #[derive(Subcommand)]
@@ -196,10 +227,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
-    // Read on use: evaluation needs no configuration.
+    // Read on use: evaluation and signature checks need no configuration.
     let config = Config::from_env;
     match command {
         Command::Eval(args) => evaluate(args)?,
+        Command::Callback {
+            command: CallbackCommand::Verify(args),
+        } => verify_callback(&args)?,
         Command::Migrate => {
             let store = Store::connect(config()?.database).await?;
             let version = store.migrate().await?;
@@ -355,6 +389,30 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         println!("{}", eval::render_report(&report));
     }
+    Ok(())
+}
+
+/// `chat-router callback verify`: one delivery checked as its receiver would; needs
+/// no database.
+fn verify_callback(args: &VerifyArgs) -> anyhow::Result<()> {
+    // The signature covers the exact bytes, so the body is read as bytes.
+    let body = if args.body.as_os_str() == "-" {
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+            .context("reading the body from standard input")?;
+        body
+    } else {
+        std::fs::read(&args.body).with_context(|| format!("reading {}", args.body.display()))?
+    };
+    let header = SignatureHeader::parse(&args.signature)?;
+    signature::verify(
+        args.secret.trim().as_bytes(),
+        &args.signature,
+        &body,
+        chrono::Utc::now().timestamp(),
+        Duration::from_secs(args.tolerance),
+    )?;
+    print(json!({ "valid": true, "timestamp": header.timestamp }));
     Ok(())
 }
 

@@ -346,6 +346,82 @@ fn eval_prints_the_report_as_json() {
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: "));
 }
 
+#[test]
+fn callback_verify_accepts_a_signed_body_and_refuses_a_tampered_or_old_one() {
+    use chat_router::callback::signature::sign;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("unused.db");
+    let secret = chat_router::callback::secret::generate();
+    let body = br#"{"event":"message","deliveryId":"d-1","message":{"content":"Hi"}}"#;
+    let body_file = dir.path().join("body.json");
+    std::fs::write(&body_file, body).unwrap();
+    let tampered_file = dir.path().join("tampered.json");
+    std::fs::write(
+        &tampered_file,
+        br#"{"event":"message","deliveryId":"d-1","message":{"content":"Ha"}}"#,
+    )
+    .unwrap();
+    let verify = |header: &str, body: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "callback",
+            "verify",
+            "--secret",
+            secret.expose(),
+            "--signature",
+            header,
+            "--body",
+            body.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        chat_router(&db, &args)
+    };
+    let refused = |output: Output, reason: &str| {
+        assert!(!output.status.success(), "{reason}: accepted");
+        assert!(output.stdout.is_empty(), "{reason}: printed to stdout");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(reason), "wanted {reason:?}: {stderr}");
+        assert!(!stderr.contains(secret.expose()), "the secret was printed");
+    };
+
+    let now = chrono::Utc::now().timestamp();
+    let header = sign(secret.signing_key(), now, body);
+    assert_eq!(
+        json_out(&verify(&header, &body_file, &[])),
+        json!({"valid": true, "timestamp": now})
+    );
+
+    refused(verify(&header, &tampered_file, &[]), "signature mismatch");
+    let other = chat_router::callback::secret::generate();
+    refused(
+        verify(&sign(other.signing_key(), now, body), &body_file, &[]),
+        "signature mismatch",
+    );
+    refused(
+        verify("t=now,v1=abc", &body_file, &[]),
+        "malformed signature header",
+    );
+    refused(
+        verify(&header, &dir.path().join("missing.json"), &[]),
+        "reading",
+    );
+
+    // Ten minutes old: outside the default five, inside a tolerance of an hour.
+    let old = sign(secret.signing_key(), now - 600, body);
+    refused(
+        verify(&old, &body_file, &[]),
+        "beyond the tolerance of 300 seconds",
+    );
+    assert_eq!(
+        json_out(&verify(&old, &body_file, &["--tolerance", "3600"]))["valid"],
+        true
+    );
+
+    // Checking a signature needs no database.
+    assert!(!db.exists());
+}
+
 /// Runs `chat-router` with extra environment variables.
 fn chat_router_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)

@@ -14,11 +14,13 @@
 //! - [`events`]: what agents are told as conversations move.
 //! - [`realtime`]: agents' WebSocket connections, their actions, live delivery.
 //! - [`classify`]: which department a message goes to: classifiers and their fallback chain.
+//! - [`callback`]: signing replies for businesses' systems, and where they may be sent.
 //! - [`webhook`]: the HTTP API handler shared by Lambda and the local gateway.
 //! - [`error`]: the HTTP error contract.
 //! - [`timestamp`]: dates in Prisma's storage format.
 //! - [`telemetry`]: logging setup.
 
+pub mod callback;
 pub mod classify;
 pub mod config;
 pub mod conversations;
