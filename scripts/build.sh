@@ -4,7 +4,7 @@
 # rust-cargolambda) and puts each bootstrap under .aws-sam/build/<Function>/. Then checks
 # that all six are there and prints their sizes.
 #
-# Slow: six release builds with thin LTO and one codegen unit take many minutes on two
+# Slow: six release builds with fat LTO and one codegen unit take many minutes on two
 # cores (the dependencies compile once, in the shared target/, and each binary links
 # on its own). The tests never run this; scripts/check-template.sh checks the template.
 #
