@@ -78,7 +78,12 @@ fn sample(file: &str, replace: &[(&str, &str)]) -> ApiGatewayWebsocketProxyReque
     for (from, to) in replace {
         text = text.replace(from, to);
     }
-    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{file} does not parse: {err}"))
+    let mut event: ApiGatewayWebsocketProxyRequest =
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("{file} does not parse: {err}"));
+    // The samples connected at a fixed time; a connection lives two hours at most, so
+    // the tests connect now.
+    event.request_context.connected_at = chat_router::timestamp::now_millis();
+    event
 }
 
 /// The next frame on a socket, within two seconds.
