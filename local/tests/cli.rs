@@ -1,9 +1,8 @@
 //! The `chat-router` binary as a user runs it: admin commands, `serve --demo`, and
 //! what survives a shutdown or a crash.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -116,19 +115,7 @@ struct Server {
 
 impl Server {
     fn start(db: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--demo", "--addr", "127.0.0.1:0"])
-            .env("DATABASE_URL", db)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts chat-router serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line).expect("a ready line");
+        let (child, ready) = common::spawn_serve(BIN, db, &["--demo"]);
         Server { child, ready }
     }
 

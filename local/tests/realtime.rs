@@ -5,9 +5,8 @@
 #[path = "../../shared/tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,19 +49,7 @@ struct Serve {
 
 impl Serve {
     fn start(db: &Path) -> Serve {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .env("DATABASE_URL", db)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starts chat-router serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line).expect("a ready line");
+        let (child, ready) = common::spawn_serve(BIN, db, &[]);
         Serve {
             child,
             addr: ready["listening"].as_str().unwrap().to_owned(),

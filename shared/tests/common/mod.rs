@@ -280,3 +280,25 @@ pub async fn customer_message(
         other => panic!("not stored: {other:?}"),
     }
 }
+
+/// Starts `chat-router serve` (the binary at `bin`) on a free loopback port with the
+/// extra arguments, on the database at `db`; returns the process and the JSON line it
+/// prints once it listens.
+pub fn spawn_serve(bin: &str, db: &std::path::Path, extra: &[&str]) -> (Child, serde_json::Value) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("DATABASE_URL", db)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts chat-router serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reads the ready line");
+    let ready = serde_json::from_str(&line).expect("a ready line");
+    (child, ready)
+}
