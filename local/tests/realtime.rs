@@ -337,6 +337,7 @@ async fn agents_work_conversations_live_through_chat_router_serve() {
 fn management_client(addr: &str) -> aws_sdk_apigatewaymanagement::Client {
     use aws_sdk_apigatewaymanagement::config;
     let config = config::Builder::new()
+        .http_client(chat_router::aws::http_client())
         .behavior_version(config::BehaviorVersion::latest())
         .region(config::Region::new("us-east-1"))
         .endpoint_url(format!("http://{addr}"))

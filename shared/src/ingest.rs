@@ -9,7 +9,8 @@
 //! together (group commit): one transaction holds many messages, each inside its own
 //! savepoint, so one message's failure undoes only that message. Batching spreads the
 //! cost of a commit over many messages, and a writer task of its own runs the batches,
-//! so a batch completes even if a request that queued a message is dropped.
+//! so a batch completes even if a request that queued a message is dropped. Routing
+//! marks its finished jobs done through the same batches ([`finish_job`]).
 
 use tokio::sync::oneshot;
 
@@ -156,6 +157,40 @@ pub(crate) struct Pending {
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
+/// Work for the local writer task.
+pub(crate) enum Write {
+    /// A customer's message to store.
+    Message(Pending),
+    /// A job to mark done; the answer comes once that is committed.
+    JobDone {
+        id: i64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+const FINISH_JOB: &str = r#"UPDATE "Job" SET "status" = 'done', "lastError" = NULL, "updatedAt" = ?2
+    WHERE "id" = ?1 AND "status" = 'pending'"#;
+
+/// Marks a job done (unless it was finished meanwhile). On a local file this joins the
+/// writer's next batch, so finishing a job costs no commit of its own.
+pub async fn finish_job(store: &Store, job_id: i64) -> Result<(), StoreError> {
+    let Some(local) = store.local() else {
+        let conn = store.writer().await?;
+        conn.execute(FINISH_JOB, libsql::params![job_id, timestamp::now()])
+            .await
+            .context("finishing a job")?;
+        return Ok(());
+    };
+    let (reply, answer) = oneshot::channel();
+    local
+        .ingest
+        .send(Write::JobDone { id: job_id, reply })
+        .map_err(|_| StoreError::Batch("the writer task stopped".into()))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Batch("the writer task stopped".into()))?
+}
+
 /// Stores a message, its conversation when new, its job and its idempotency record in
 /// one transaction.
 pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, StoreError> {
@@ -178,22 +213,22 @@ pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, Stor
     };
     local
         .ingest
-        .send(pending)
+        .send(Write::Message(pending))
         .map_err(|_| StoreError::Batch("the writer task stopped".into()))?;
     answer
         .await
         .map_err(|_| StoreError::Batch("the writer task stopped".into()))?
 }
 
-/// Most messages committed in one transaction.
+/// Most messages and finished jobs committed in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// The local writer task: takes whatever messages have queued up, commits them in one
+/// The local writer task: takes whatever work has queued up, commits it in one
 /// transaction, answers each, and repeats until the store is dropped. The writer
 /// connection is locked per batch, so admin commands and the checkpointer interleave.
 pub(crate) async fn run_writer(
     writer: std::sync::Arc<tokio::sync::Mutex<libsql::Connection>>,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Write>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -209,20 +244,29 @@ pub(crate) async fn run_writer(
     }
 }
 
-/// Commits a batch in one transaction, each message in its own savepoint.
-async fn commit_batch(conn: &libsql::Connection, batch: Vec<Pending>) {
-    let size = batch.len();
+/// Commits a batch in one transaction, each message in its own savepoint, then the
+/// finished jobs.
+async fn commit_batch(conn: &libsql::Connection, batch: Vec<Write>) {
+    let mut messages = Vec::with_capacity(batch.len());
+    let mut done: Vec<Done> = Vec::new();
+    for write in batch {
+        match write {
+            Write::Message(pending) => messages.push(pending),
+            Write::JobDone { id, reply } => done.push((id, reply)),
+        }
+    }
+    let size = messages.len() + done.len();
     if let Err(err) = conn.execute("BEGIN IMMEDIATE", ()).await {
-        fail_all(batch, "starting a batch", &err);
+        fail_all(messages, done, "starting a batch", &err);
         return;
     }
     let mut prepared = Vec::with_capacity(STATEMENTS.len());
-    for statement in STATEMENTS {
+    for statement in STATEMENTS.iter().filter(|_| !messages.is_empty()) {
         match conn.prepare(statement).await {
             Ok(statement) => prepared.push(statement),
             Err(err) => {
                 let _ = conn.execute("ROLLBACK", ()).await;
-                fail_all(batch, "preparing a batch", &err);
+                fail_all(messages, done, "preparing a batch", &err);
                 return;
             }
         }
@@ -231,21 +275,41 @@ async fn commit_batch(conn: &libsql::Connection, batch: Vec<Pending>) {
         conn,
         prepared: &prepared,
     };
-    let mut results = Vec::with_capacity(size);
-    for pending in &batch {
+    let mut results = Vec::with_capacity(messages.len());
+    for pending in &messages {
         let result = in_savepoint(&sql, &pending.message).await;
         results.push(result);
     }
     drop(prepared);
+    let mut finished = Vec::with_capacity(done.len());
+    if !done.is_empty() {
+        let now = timestamp::now();
+        let statement = match conn.prepare(FINISH_JOB).await {
+            Ok(statement) => statement,
+            Err(err) => {
+                let _ = conn.execute("ROLLBACK", ()).await;
+                fail_all(messages, done, "preparing a batch", &err);
+                return;
+            }
+        };
+        for (id, _) in &done {
+            statement.reset();
+            let result = statement.execute(libsql::params![*id, now.as_str()]).await;
+            finished.push(result.map(|_| ()).context("finishing a job"));
+        }
+    }
     if let Err(err) = conn.execute("COMMIT", ()).await {
         let _ = conn.execute("ROLLBACK", ()).await;
-        fail_all(batch, "committing a batch", &err);
+        fail_all(messages, done, "committing a batch", &err);
         return;
     }
     tracing::trace!(size, "committed a batch");
-    for (pending, result) in batch.into_iter().zip(results) {
+    for (pending, result) in messages.into_iter().zip(results) {
         // The caller may have gone; the message is stored either way.
         let _ = pending.reply.send(result);
+    }
+    for ((_, reply), result) in done.into_iter().zip(finished) {
+        let _ = reply.send(result);
     }
 }
 
@@ -266,12 +330,17 @@ async fn in_savepoint(sql: &Sql<'_>, message: &NewMessage) -> Result<Outcome, St
     result
 }
 
-fn fail_all(batch: Vec<Pending>, doing: &'static str, err: &libsql::Error) {
-    tracing::error!(size = batch.len(), cause = %err, doing, "batch failed");
-    for pending in batch {
-        let _ = pending
-            .reply
-            .send(Err(StoreError::Batch(format!("{doing}: {err}"))));
+/// A job waiting to be marked done, and who waits for it.
+type Done = (i64, oneshot::Sender<Result<(), StoreError>>);
+
+fn fail_all(messages: Vec<Pending>, done: Vec<Done>, doing: &'static str, err: &libsql::Error) {
+    tracing::error!(size = messages.len() + done.len(), cause = %err, doing, "batch failed");
+    let failure = || StoreError::Batch(format!("{doing}: {err}"));
+    for pending in messages {
+        let _ = pending.reply.send(Err(failure()));
+    }
+    for (_, reply) in done {
+        let _ = reply.send(Err(failure()));
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`aws`]: the AWS SDK's configuration, with the one HTTPS client every client shares.
 //! - [`config`]: settings parsed once from the environment.
 //! - [`store`]: the libsql database (local file or remote server) and its migrations.
 //! - [`tenants`]: businesses, departments, agents, and their credentials.
@@ -20,6 +21,7 @@
 //! - [`timestamp`]: dates in Prisma's storage format.
 //! - [`telemetry`]: logging setup.
 
+pub mod aws;
 pub mod callback;
 pub mod classify;
 pub mod config;

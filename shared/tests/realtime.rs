@@ -491,6 +491,7 @@ async fn bad_frames_and_other_tenants_conversations_answer_errors_and_change_not
 
 fn dynamodb(moto: &Moto) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
+        .http_client(chat_router::aws::http_client())
         .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
         .endpoint_url(&moto.endpoint)

@@ -352,6 +352,7 @@ both_backends!(a_transfer_assigns_again_in_the_new_department, |backend| {
         .transfer(&s.business, &moved.conversation_id, "Sales")
         .await;
     assert!(matches!(closed, Err(RouteError::Closed)), "{closed:?}");
+    assert_loads_agree(&s.store).await;
 });
 
 both_backends!(
@@ -647,6 +648,7 @@ async fn many_jobs_and_agents_at_once() {
     )
     .await;
     assert_eq!(loads, vec!["3"; 8], "every agent full, none past capacity");
+    assert_loads_agree(&s.store).await;
     assert_eq!(
         count(
             &s.store,
@@ -692,4 +694,43 @@ async fn many_jobs_and_agents_at_once() {
     assert_eq!(assigned.len(), 24);
     assert!(assigned.values().all(|n| *n == 1), "one assignment each");
     assert_eq!(s.classifier.calls.load(Ordering::SeqCst), conversations);
+
+    // Closing everything in progress at once hands out the waiting ones; the loads
+    // the triggers keep still match what is assigned.
+    let working = column(
+        &s.store,
+        r#"SELECT "id" FROM "Conversation" WHERE "status" = 'in_progress'"#,
+    )
+    .await;
+    let mut closes = tokio::task::JoinSet::new();
+    for id in working {
+        let (router, business) = (s.router.clone(), s.business.clone());
+        closes.spawn(async move { router.close(&business, &id).await.unwrap() });
+    }
+    while let Some(result) = closes.join_next().await {
+        result.unwrap();
+    }
+    assert_eq!(
+        count(
+            &s.store,
+            r#"SELECT count(*) FROM "Conversation" WHERE "status" = 'in_progress'"#
+        )
+        .await,
+        (conversations - 24) as i64
+    );
+    assert_loads_agree(&s.store).await;
+}
+
+/// The per-agent loads that triggers keep in `AgentLoad` equal a count of the
+/// conversations each agent has in progress.
+async fn assert_loads_agree(store: &Store) {
+    let wrong = column(
+        store,
+        r#"SELECT a."name" || ': ' || coalesce(l."active", 0) FROM "Agent" a
+           LEFT JOIN "AgentLoad" l ON l."agentId" = a."id"
+           WHERE coalesce(l."active", 0) <> (SELECT count(*) FROM "Conversation" c
+               WHERE c."assignedAgentId" = a."id" AND c."status" = 'in_progress')"#,
+    )
+    .await;
+    assert!(wrong.is_empty(), "AgentLoad disagrees: {wrong:?}");
 }

@@ -678,3 +678,79 @@ async fn a_new_local_file_uses_wal_and_small_pages() {
     assert_eq!(column(&store, "PRAGMA page_size").await, ["1024"]);
     assert_eq!(column(&store, "PRAGMA foreign_keys").await, ["1"]);
 }
+
+/// Migration 4 counts the conversations agents already have in progress, and the
+/// capacity trigger it replaces keeps refusing an agent past capacity.
+#[tokio::test]
+async fn migration_4_counts_existing_loads() {
+    use chat_router::store::{Location, migrations};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let db = libsql::Builder::new_local(&path).build().await.unwrap();
+        let conn = db.connect().unwrap();
+        conn.execute(migrations::VERSION_TABLE, ()).await.unwrap();
+        for migration in &migrations::MIGRATIONS[..3] {
+            for statement in migrations::statements(migration.sql) {
+                conn.execute(statement, ()).await.unwrap();
+            }
+            conn.execute(
+                r#"INSERT INTO "SchemaMigration" VALUES (?1, ?2, '2026-01-01T00:00:00.000+00:00')"#,
+                libsql::params![migration.version, migration.name],
+            )
+            .await
+            .unwrap();
+        }
+        for sql in [
+            r#"INSERT INTO "Business" ("id", "name") VALUES ('b', 'B')"#,
+            r#"INSERT INTO "Agent" ("id", "name", "department", "businessId", "capacity")
+               VALUES ('a1', 'One', 'Support', 'b', 2), ('a2', 'Two', 'Support', 'b', 5)"#,
+            r#"INSERT INTO "Conversation" ("id", "businessId", "department", "status", "assignedAgentId")
+               VALUES ('c1', 'b', 'Support', 'in_progress', 'a1'), ('c2', 'b', 'Support', 'in_progress', 'a1'),
+                      ('c3', 'b', 'Support', 'closed', 'a1'), ('c4', 'b', 'Support', 'in_progress', 'a2'),
+                      ('c5', 'b', 'Support', 'open', NULL)"#,
+        ] {
+            conn.execute(sql, ()).await.unwrap();
+        }
+    }
+    let store = Store::open(Location::Local(path)).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), CURRENT_VERSION);
+    assert_eq!(
+        column(
+            &store,
+            r#"SELECT "agentId" || '=' || "active" FROM "AgentLoad" ORDER BY "agentId""#
+        )
+        .await,
+        vec!["a1=2", "a2=1"]
+    );
+    let conn = store.writer().await.unwrap();
+    let err = conn
+        .execute(
+            r#"UPDATE "Conversation" SET "status" = 'in_progress', "assignedAgentId" = 'a1' WHERE "id" = 'c5'"#,
+            (),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("agent_over_capacity"), "{err}");
+    conn.execute(
+        r#"UPDATE "Conversation" SET "status" = 'in_progress', "assignedAgentId" = 'a2' WHERE "id" = 'c5'"#,
+        (),
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        r#"UPDATE "Conversation" SET "status" = 'closed' WHERE "id" = 'c1'"#,
+        (),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(
+        column(
+            &store,
+            r#"SELECT "agentId" || '=' || "active" FROM "AgentLoad" ORDER BY "agentId""#
+        )
+        .await,
+        vec!["a1=1", "a2=2"]
+    );
+}

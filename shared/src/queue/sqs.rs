@@ -38,7 +38,7 @@ impl SqsQueue {
     /// A queue reached with the AWS SDK's standard configuration: credentials, region
     /// and `AWS_ENDPOINT_URL` from the environment.
     pub async fn from_env(queue_url: impl Into<String>) -> SqsQueue {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = crate::aws::sdk_config().await;
         SqsQueue::new(aws_sdk_sqs::Client::new(&config), queue_url)
     }
 }

@@ -43,7 +43,7 @@ impl DynamoConnections {
     /// A client from the standard AWS environment (region, credentials and
     /// `AWS_ENDPOINT_URL`).
     pub async fn from_env(table: impl Into<String>) -> DynamoConnections {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = crate::aws::sdk_config().await;
         DynamoConnections::new(Client::new(&config), table)
     }
 

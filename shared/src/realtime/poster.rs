@@ -46,7 +46,7 @@ impl ApiGatewayPoster {
     /// gateway's `http://ADDR`), with credentials and region from the standard AWS
     /// environment. The SDK's own retries are off: the notifier retries.
     pub async fn from_env(endpoint: &str) -> ApiGatewayPoster {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = crate::aws::sdk_config().await;
         let client = aws_sdk_apigatewaymanagement::Client::from_conf(
             aws_sdk_apigatewaymanagement::config::Builder::from(&config)
                 .endpoint_url(endpoint)

@@ -204,9 +204,8 @@ async fn take(
 ) -> Result<ConversationView, RouteError> {
     let mut rows = conn
         .query(
-            r#"SELECT (SELECT count(*) FROM "Conversation"
-                       WHERE "assignedAgentId" = a."id" AND "status" = 'in_progress') >= a."capacity"
-               FROM "Agent" a WHERE a."id" = ?1"#,
+            r#"SELECT coalesce(l."active", 0) >= a."capacity"
+               FROM "Agent" a LEFT JOIN "AgentLoad" l ON l."agentId" = a."id" WHERE a."id" = ?1"#,
             libsql::params![agent.agent_id.as_str()],
         )
         .await

@@ -3,7 +3,7 @@
 //!
 //! Every function here runs on a connection inside a `BEGIN IMMEDIATE` transaction,
 //! so what it reads cannot change before it writes; the capacity and business
-//! triggers of migration 2 back that up in the database.
+//! triggers of migrations 2 and 4 back that up in the database.
 
 use libsql::Connection;
 
@@ -77,17 +77,14 @@ const OLDEST_WAITING: &str = r#"SELECT "id" FROM "Conversation"
 
 /// The department's available agent with room for one more conversation: fewest
 /// conversations in progress first, then the one idle longest (id breaks exact ties,
-/// so the choice is deterministic).
-const BEST_AGENT: &str = r#"SELECT "id" FROM (
-        SELECT a."id", a."capacity", p."idleSince",
-            (SELECT count(*) FROM "Conversation" c
-             WHERE c."assignedAgentId" = a."id" AND c."status" = 'in_progress') AS "load"
-        FROM "AgentPresence" p JOIN "Agent" a ON a."id" = p."agentId"
-        WHERE p."businessId" = ?1 AND a."businessId" = ?1 AND a."department" = ?2
-            AND p."expiresAt" > ?3
-    )
-    WHERE "load" < "capacity"
-    ORDER BY "load", "idleSince", "id" LIMIT 1"#;
+/// so the choice is deterministic). Loads come from `AgentLoad`, which triggers keep
+/// (migration 4).
+const BEST_AGENT: &str = r#"SELECT a."id" FROM "AgentPresence" p
+        JOIN "Agent" a ON a."id" = p."agentId"
+        LEFT JOIN "AgentLoad" l ON l."agentId" = p."agentId"
+    WHERE p."businessId" = ?1 AND a."businessId" = ?1 AND a."department" = ?2
+        AND p."expiresAt" > ?3 AND coalesce(l."active", 0) < a."capacity"
+    ORDER BY coalesce(l."active", 0), p."idleSince", a."id" LIMIT 1"#;
 
 /// Assigns waiting conversations of a department, oldest first, to its available
 /// agents until either runs out. Called after anything that adds a waiting

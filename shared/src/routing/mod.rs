@@ -204,7 +204,9 @@ impl Router {
 
     /// The conversation's pending jobs up to and including `job`, oldest first.
     async fn pending_through(&self, job: &Job) -> Result<Vec<Job>, RouteError> {
-        let conn = self.store.reader().await?;
+        // On the writer, like the job's other reads: its page cache is current, while a
+        // reader's is emptied by every write.
+        let conn = self.store.writer().await?;
         let mut rows = conn
             .query(
                 r#"SELECT "id", "businessId", "messageId" FROM "Job"
@@ -256,28 +258,19 @@ impl Router {
 
     /// One counted attempt at one job.
     async fn attempt(&self, job: &Job) -> Result<(), RouteError> {
-        let now = timestamp::now();
-        let attempts = {
-            let conn = self.store.writer().await?;
-            let mut rows = conn
-                .query(
-                    r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
-                       WHERE "id" = ?1 AND "status" = 'pending' RETURNING "attempts""#,
-                    libsql::params![job.id, now.as_str()],
-                )
-                .await
-                .context("counting an attempt")?;
-            match rows.next().await.context("counting an attempt")? {
-                Some(row) => row.get::<i64>(0).context("counting an attempt")?,
-                // Finished by another delivery meanwhile.
-                None => return Ok(()),
-            }
+        let Some((attempts, found)) = self.start(job).await? else {
+            // Finished by another delivery meanwhile.
+            return Ok(());
         };
         if attempts > self.max_attempts {
             // Earlier attempts ended without recording a result (a crash, say).
             return self.give_up(job, "attempt limit reached").await;
         }
-        match self.run(job).await {
+        let result = match found {
+            Ok(found) => self.run(job, found).await,
+            Err(err) => Err(err),
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(err) if attempts >= self.max_attempts => {
                 tracing::error!(job = job.id, attempts, cause = %chain(&err), "job failed for good");
@@ -296,74 +289,50 @@ impl Router {
         }
     }
 
-    async fn run(&self, job: &Job) -> Result<(), RouteError> {
-        let found = self.load(job).await?;
-        let mut events = Vec::new();
-        if found.routed {
-            events.push(message_event(&found));
+    /// Counts an attempt at a pending job and reads its conversation and message, in
+    /// one transaction. `None` if the job is no longer pending. The attempt counts
+    /// even when the read fails.
+    async fn start(
+        &self,
+        job: &Job,
+    ) -> Result<Option<(i64, Result<Loaded, RouteError>)>, RouteError> {
+        let now = timestamp::now();
+        let conn = self.store.writer().await?;
+        let tx = begin(&conn, "starting a job").await?;
+        let result = async {
+            let mut rows = tx
+                .query(
+                    r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
+                       WHERE "id" = ?1 AND "status" = 'pending' RETURNING "attempts""#,
+                    libsql::params![job.id, now.as_str()],
+                )
+                .await
+                .context("counting an attempt")?;
+            let Some(row) = rows.next().await.context("counting an attempt")? else {
+                return Ok(None);
+            };
+            let attempts: i64 = row.get(0).context("counting an attempt")?;
+            // Stepping to the end finishes the statement before the next one.
+            while rows.next().await.context("counting an attempt")?.is_some() {}
+            Ok::<_, RouteError>(Some((attempts, load(&tx, job).await)))
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn run(&self, job: &Job, found: Loaded) -> Result<(), RouteError> {
+        let events = if found.routed {
+            vec![message_event(&found)]
         } else {
             let profile = self.profile(&job.business_id).await?;
             let classification = self.chain.classify(&profile, &found.message.content).await;
-            events = self.route(job, &found, &classification).await?;
-        }
+            self.route(job, &found, &classification).await?
+        };
         for event in &events {
             self.notifier.publish(event).await?;
         }
-        let conn = self.store.writer().await?;
-        conn.execute(
-            r#"UPDATE "Job" SET "status" = 'done', "lastError" = NULL, "updatedAt" = ?2
-               WHERE "id" = ?1 AND "status" = 'pending'"#,
-            libsql::params![job.id, timestamp::now()],
-        )
-        .await
-        .context("finishing a job")?;
+        crate::ingest::finish_job(&self.store, job.id).await?;
         Ok(())
-    }
-
-    /// The job's conversation and message.
-    async fn load(&self, job: &Job) -> Result<Loaded, RouteError> {
-        let conn = self.store.reader().await?;
-        let mut rows = conn
-            .query(
-                r#"SELECT c."businessId", c."department", c."status", c."assignedAgentId",
-                          m."sender", m."content", m."sequence", m."createdAt"
-                   FROM "Message" m JOIN "Conversation" c ON c."id" = m."conversationId"
-                   WHERE m."id" = ?1 AND c."id" = ?2"#,
-                libsql::params![job.message_id.as_str(), job.conversation_id.as_str()],
-            )
-            .await
-            .context("reading a job's message")?;
-        let row = rows
-            .next()
-            .await
-            .context("reading a job's message")?
-            .ok_or(RouteError::JobMismatch(job.id))?;
-        if text(&row, 0)? != job.business_id {
-            return Err(RouteError::JobMismatch(job.id));
-        }
-        let department = text(&row, 1)?;
-        let status = text(&row, 2)?;
-        let created = row.get_value(7).context("reading a job's message")?;
-        let created_at = timestamp::parse(&created)
-            .map(timestamp::format)
-            .ok_or_else(|| StoreError::Corrupt(format!("unreadable date {created:?}")))?;
-        Ok(Loaded {
-            routed: !(department.is_empty() && status == "pending"),
-            department,
-            assigned_agent_id: row.get(3).context("reading a job's message")?,
-            message: MessageView {
-                id: job.message_id.clone(),
-                sender: text(&row, 4)?,
-                content: text(&row, 5)?,
-                sequence: row
-                    .get::<Option<i64>>(6)
-                    .context("reading a job's message")?
-                    .unwrap_or(0),
-                created_at,
-            },
-            business_id: job.business_id.clone(),
-            conversation_id: job.conversation_id.clone(),
-        })
     }
 
     /// Stores a classification and assigns; returns the events to publish.
@@ -395,8 +364,7 @@ impl Router {
         }
         .await;
         let Some((routed, assigned)) = finish(tx, result).await? else {
-            drop(conn);
-            let found = self.load(job).await?;
+            let found = load(&conn, job).await?;
             return Ok(vec![message_event(&found)]);
         };
         tracing::info!(
@@ -854,6 +822,51 @@ struct Loaded {
     department: String,
     assigned_agent_id: Option<String>,
     message: MessageView,
+}
+
+/// A job's conversation and message.
+async fn load(conn: &Connection, job: &Job) -> Result<Loaded, RouteError> {
+    let mut rows = conn
+        .query(
+            r#"SELECT c."businessId", c."department", c."status", c."assignedAgentId",
+                      m."sender", m."content", m."sequence", m."createdAt"
+               FROM "Message" m JOIN "Conversation" c ON c."id" = m."conversationId"
+               WHERE m."id" = ?1 AND c."id" = ?2"#,
+            libsql::params![job.message_id.as_str(), job.conversation_id.as_str()],
+        )
+        .await
+        .context("reading a job's message")?;
+    let row = rows
+        .next()
+        .await
+        .context("reading a job's message")?
+        .ok_or(RouteError::JobMismatch(job.id))?;
+    if text(&row, 0)? != job.business_id {
+        return Err(RouteError::JobMismatch(job.id));
+    }
+    let department = text(&row, 1)?;
+    let status = text(&row, 2)?;
+    let created = row.get_value(7).context("reading a job's message")?;
+    let created_at = timestamp::parse(&created)
+        .map(timestamp::format)
+        .ok_or_else(|| StoreError::Corrupt(format!("unreadable date {created:?}")))?;
+    Ok(Loaded {
+        routed: !(department.is_empty() && status == "pending"),
+        department,
+        assigned_agent_id: row.get(3).context("reading a job's message")?,
+        message: MessageView {
+            id: job.message_id.clone(),
+            sender: text(&row, 4)?,
+            content: text(&row, 5)?,
+            sequence: row
+                .get::<Option<i64>>(6)
+                .context("reading a job's message")?
+                .unwrap_or(0),
+            created_at,
+        },
+        business_id: job.business_id.clone(),
+        conversation_id: job.conversation_id.clone(),
+    })
 }
 
 /// Stores a classification on a conversation still being routed and puts it in its

@@ -34,10 +34,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "agent replies: the agent who wrote a message and the client's message id",
         sql: V3,
     },
+    Migration {
+        version: 4,
+        name: "routing: each agent's count of conversations in progress",
+        sql: V4,
+    },
 ];
 
 /// The schema version this build reads and writes.
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 4;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS "Business" (
@@ -200,6 +205,52 @@ ALTER TABLE "Message" ADD COLUMN "agentId" TEXT;
 ALTER TABLE "Message" ADD COLUMN "clientMessageId" TEXT;
 CREATE UNIQUE INDEX "Message_conversationId_clientMessageId_key" ON "Message" ("conversationId", "clientMessageId")
     WHERE "clientMessageId" IS NOT NULL
+"#;
+
+/// Agent load. Each agent's number of conversations `in_progress` is kept in
+/// `AgentLoad` by triggers on `Conversation`, whoever writes it, so assignment reads
+/// one row per agent instead of counting conversations; the capacity trigger reads it
+/// too. Agents without a row have none. The first statement counts what exists.
+const V4: &str = r#"
+CREATE TABLE "AgentLoad" (
+    "agentId" TEXT NOT NULL PRIMARY KEY,
+    "active" INTEGER NOT NULL DEFAULT 0 CHECK ("active" >= 0),
+    CONSTRAINT "AgentLoad_agentId_fkey" FOREIGN KEY ("agentId") REFERENCES "Agent" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+) WITHOUT ROWID;
+
+INSERT INTO "AgentLoad" ("agentId", "active")
+    SELECT "assignedAgentId", count(*) FROM "Conversation"
+    WHERE "status" = 'in_progress' AND "assignedAgentId" IN (SELECT "id" FROM "Agent")
+    GROUP BY "assignedAgentId";
+
+CREATE TRIGGER "Conversation_load_leave" AFTER UPDATE OF "assignedAgentId", "status" ON "Conversation"
+    WHEN OLD."status" = 'in_progress' AND OLD."assignedAgentId" IS NOT NULL
+        AND (NEW."status" <> 'in_progress' OR NEW."assignedAgentId" IS NOT OLD."assignedAgentId")
+    BEGIN UPDATE "AgentLoad" SET "active" = "active" - 1 WHERE "agentId" = OLD."assignedAgentId"; END;
+
+CREATE TRIGGER "Conversation_load_join" AFTER UPDATE OF "assignedAgentId", "status" ON "Conversation"
+    WHEN NEW."status" = 'in_progress' AND NEW."assignedAgentId" IS NOT NULL
+        AND (OLD."status" <> 'in_progress' OR OLD."assignedAgentId" IS NOT NEW."assignedAgentId")
+    BEGIN INSERT INTO "AgentLoad" ("agentId", "active") VALUES (NEW."assignedAgentId", 1)
+        ON CONFLICT ("agentId") DO UPDATE SET "active" = "active" + 1; END;
+
+CREATE TRIGGER "Conversation_load_insert" AFTER INSERT ON "Conversation"
+    WHEN NEW."status" = 'in_progress' AND NEW."assignedAgentId" IS NOT NULL
+    BEGIN INSERT INTO "AgentLoad" ("agentId", "active") VALUES (NEW."assignedAgentId", 1)
+        ON CONFLICT ("agentId") DO UPDATE SET "active" = "active" + 1; END;
+
+CREATE TRIGGER "Conversation_load_delete" AFTER DELETE ON "Conversation"
+    WHEN OLD."status" = 'in_progress' AND OLD."assignedAgentId" IS NOT NULL
+    BEGIN UPDATE "AgentLoad" SET "active" = "active" - 1 WHERE "agentId" = OLD."assignedAgentId"; END;
+
+DROP TRIGGER "Conversation_agent_capacity";
+
+CREATE TRIGGER "Conversation_agent_capacity" BEFORE UPDATE OF "assignedAgentId", "status" ON "Conversation"
+    WHEN NEW."status" = 'in_progress' AND NEW."assignedAgentId" IS NOT NULL
+        AND (OLD."status" <> 'in_progress' OR OLD."assignedAgentId" IS NOT NEW."assignedAgentId")
+        AND coalesce((SELECT "active" FROM "AgentLoad" WHERE "agentId" = NEW."assignedAgentId"), 0)
+            >= (SELECT "capacity" FROM "Agent" WHERE "id" = NEW."assignedAgentId")
+    BEGIN SELECT RAISE(ABORT, 'agent_over_capacity'); END
 "#;
 
 /// The table that records applied versions; created before any migration runs.

@@ -142,9 +142,9 @@ pub(crate) struct LocalConnections {
     readers: std::sync::Mutex<Vec<Connection>>,
     /// One permit per reader connection that may exist.
     reader_permits: Arc<tokio::sync::Semaphore>,
-    /// Messages for the writer task, which commits what has queued up in one
-    /// transaction (group commit).
-    pub(crate) ingest: tokio::sync::mpsc::UnboundedSender<crate::ingest::Pending>,
+    /// Work for the writer task, which commits what has queued up in one transaction
+    /// (group commit): messages, and jobs to mark done.
+    pub(crate) ingest: tokio::sync::mpsc::UnboundedSender<crate::ingest::Write>,
     /// Dropping this stops the checkpointer thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -424,12 +424,13 @@ fn spawn_checkpointer(
     stop
 }
 
-/// Starts the thread that commits ingested messages (see [`crate::ingest`]). SQLite
+/// Starts the thread that commits ingested messages and finished jobs (see
+/// [`crate::ingest`]). SQLite
 /// blocks while it writes; on a thread of its own it never holds up the async
 /// workers that serve requests. The thread ends when the store drops its sender.
 fn spawn_writer(
     writer: Arc<Mutex<Connection>>,
-) -> Result<tokio::sync::mpsc::UnboundedSender<crate::ingest::Pending>, StoreError> {
+) -> Result<tokio::sync::mpsc::UnboundedSender<crate::ingest::Write>, StoreError> {
     let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

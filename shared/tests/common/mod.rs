@@ -220,6 +220,7 @@ impl Moto {
     /// from `AWS_ENDPOINT_URL` and the standard variables.
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         let config = aws_sdk_sqs::Config::builder()
+            .http_client(chat_router::aws::http_client())
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
             .region(aws_sdk_sqs::config::Region::new("us-east-1"))
             .endpoint_url(&self.endpoint)
