@@ -198,6 +198,7 @@ async fn the_webhook_enqueues_and_the_function_fails_only_the_poisoned_jobs() {
     // exist in a group of its own.
     let unknown = serde_json::to_string(&Job {
         id: 999_999,
+        kind: chat_router::ingest::JobKind::Message,
         business_id: business.id.clone(),
         conversation_id: "no-such-conversation".into(),
         message_id: "no-such-message".into(),

@@ -1,5 +1,7 @@
 //! Handing stored jobs to whatever processes them: SQS FIFO on AWS ([`sqs`]), an
-//! in-process queue locally ([`local`]), both with one ordering group per conversation.
+//! in-process queue locally ([`local`]), both with ordering groups from
+//! [`Job::group`]: one per conversation for routing, one more per conversation for
+//! its deliveries.
 //!
 //! The job is already in the database when it is handed on, so a failed hand-off
 //! loses nothing: jobs left pending are swept and handed on again.
@@ -37,8 +39,25 @@ impl JobQueue for OutboxOnly {
 
 /// Why a job was not done. The job stays pending and is handed over again.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct JobError(pub String);
+#[error("{cause}")]
+pub struct JobError {
+    /// What went wrong, with its cause chain.
+    pub cause: String,
+    /// When the handler knows how long to wait before the next attempt (a receiver's
+    /// `Retry-After`, a delivery's backoff). The local queue waits that long; SQS
+    /// brings the message back after its visibility timeout whatever this says.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl JobError {
+    /// An error after which the queue picks the delay.
+    pub fn new(cause: impl Into<String>) -> JobError {
+        JobError {
+            cause: cause.into(),
+            retry_after: None,
+        }
+    }
+}
 
 /// Does the work a job stands for. Handling must be idempotent: a queue may hand the
 /// same job over more than once.

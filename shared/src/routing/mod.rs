@@ -36,7 +36,7 @@ mod agents;
 mod assign;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -48,10 +48,12 @@ pub use assign::Assignment;
 use assign::{VIEW, drain, returning_view};
 pub(crate) use assign::{VIEW as VIEW_COLUMNS, view as read_view};
 
+use crate::callback::deliver;
+use crate::callback::endpoint::DeliveryEvent;
 use crate::classify::{BusinessProfile, Chain, Classification, ClassifierKind};
 use crate::error::chain;
 use crate::events::{Audience, ConversationView, Event, Frame, MessageView, Notifier, NotifyError};
-use crate::ingest::Job;
+use crate::ingest::{Job, JobKind};
 use crate::queue::{JobError, JobHandler, JobQueue};
 use crate::store::{Context, Store, StoreError, begin, finish, text};
 use crate::timestamp;
@@ -146,6 +148,9 @@ pub struct Router {
     notifier: Arc<dyn Notifier>,
     max_attempts: i64,
     profiles: Mutex<HashMap<String, (Instant, Arc<BusinessProfile>)>>,
+    /// Where deliveries go after their transaction commits; unset, they wait in the
+    /// outbox for the sweeper.
+    deliveries: OnceLock<Arc<dyn JobQueue>>,
 }
 
 impl Router {
@@ -163,6 +168,37 @@ impl Router {
             notifier,
             max_attempts: i64::from(max_attempts.max(1)),
             profiles: Mutex::new(HashMap::new()),
+            deliveries: OnceLock::new(),
+        }
+    }
+
+    /// Hands the deliveries that replies, closes and transfers record to `queue` from
+    /// now on. Set once; later calls change nothing. Without it deliveries are stored
+    /// ready for the next sweep, which hands them over.
+    pub fn deliver_through(&self, queue: Arc<dyn JobQueue>) {
+        let _ = self.deliveries.set(queue);
+    }
+
+    /// The hand-off time to store with a new delivery: now when a queue takes it
+    /// after the commit, else 0 so the next sweep hands it over at once.
+    pub(crate) fn delivery_enqueued_at(&self) -> i64 {
+        if self.deliveries.get().is_some() {
+            timestamp::now_millis()
+        } else {
+            0
+        }
+    }
+
+    /// Hands committed deliveries to the queue; one refused stays pending for the
+    /// sweeper.
+    pub(crate) async fn hand_over(&self, jobs: impl IntoIterator<Item = Job>) {
+        let Some(queue) = self.deliveries.get() else {
+            return;
+        };
+        for job in jobs {
+            if let Err(err) = queue.enqueue(&job).await {
+                tracing::warn!(job = job.id, cause = %chain(&err), "delivery left for the sweeper");
+            }
         }
     }
 
@@ -191,6 +227,10 @@ impl Router {
     /// Handles one job, after any earlier pending jobs of its conversation. `Ok` means
     /// the job is finished (done, or failed for good); an `Err` asks for a retry.
     pub async fn process(&self, job: &Job) -> Result<(), RouteError> {
+        if job.kind != JobKind::Message {
+            // A delivery is the deliverer's (`callback::deliver::Jobs` dispatches).
+            return Err(RouteError::JobMismatch(job.id));
+        }
         let pending = self.pending_through(job).await?;
         if pending.is_empty() {
             // Finished already (a duplicate delivery), or not ours at all.
@@ -210,7 +250,8 @@ impl Router {
         let mut rows = conn
             .query(
                 r#"SELECT "id", "businessId", "messageId" FROM "Job"
-                   WHERE "conversationId" = ?1 AND "status" = 'pending' AND "id" <= ?2
+                   WHERE "conversationId" = ?1 AND "kind" = 'message' AND "status" = 'pending'
+                       AND "id" <= ?2
                    ORDER BY "id" LIMIT 100"#,
                 libsql::params![job.conversation_id.as_str(), job.id],
             )
@@ -220,6 +261,7 @@ impl Router {
         while let Some(row) = rows.next().await.context("reading pending jobs")? {
             let found = Job {
                 id: row.get(0).context("reading pending jobs")?,
+                kind: JobKind::Message,
                 business_id: text(&row, 1)?,
                 conversation_id: job.conversation_id.clone(),
                 message_id: text(&row, 2)?,
@@ -506,7 +548,9 @@ impl Router {
             let Some(last) = stale.last() else { break };
             after = last.0.id;
             for (job, attempts) in stale {
-                if attempts >= self.max_attempts {
+                // A delivery's own limit is enforced by its handler, which also tells
+                // the agent; here it is only handed over.
+                if job.kind == JobKind::Message && attempts >= self.max_attempts {
                     self.give_up(&job, "attempt limit reached; the job was swept")
                         .await?;
                     report.failed += 1;
@@ -558,7 +602,7 @@ impl Router {
         let conn = self.store.reader().await?;
         let mut rows = conn
             .query(
-                r#"SELECT "id", "businessId", "conversationId", "messageId", "attempts" FROM "Job"
+                r#"SELECT "id", "businessId", "conversationId", "messageId", "attempts", "kind" FROM "Job"
                    WHERE "status" = 'pending' AND "id" > ?2 AND "enqueuedAt" <= ?1
                    ORDER BY "id" LIMIT ?3"#,
                 libsql::params![cutoff, after, SWEEP_CHUNK],
@@ -567,9 +611,12 @@ impl Router {
             .context("finding pending jobs")?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.context("finding pending jobs")? {
+            let kind = text(&row, 5)?;
             out.push((
                 Job {
                     id: row.get(0).context("finding pending jobs")?,
+                    kind: JobKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
                     business_id: text(&row, 1)?,
                     conversation_id: text(&row, 2)?,
                     message_id: text(&row, 3)?,
@@ -671,11 +718,22 @@ impl Router {
             {
                 assigned = drain(&tx, business_id, &department, now_ms, &now).await?;
             }
-            Ok((closed, assigned))
+            let delivery = deliver::record(
+                &tx,
+                business_id,
+                conversation_id,
+                DeliveryEvent::Closed,
+                None,
+                serde_json::json!({ "status": "closed", "department": closed.department }),
+                self.delivery_enqueued_at(),
+            )
+            .await?;
+            Ok((closed, assigned, delivery))
         }
         .await;
-        let (closed, assigned) = finish(tx, result).await?;
+        let (closed, assigned, delivery) = finish(tx, result).await?;
         drop(conn);
+        self.hand_over(delivery).await;
         tracing::info!(business = %business_id, conversation = %conversation_id, "closed conversation");
         let mut events = vec![Event {
             audience: audience(
@@ -769,11 +827,22 @@ impl Router {
             {
                 assigned.extend(drain(&tx, business_id, &agent_department, now_ms, &now).await?);
             }
-            Ok((from, previous_agent, moved, assigned))
+            let delivery = deliver::record(
+                &tx,
+                business_id,
+                conversation_id,
+                DeliveryEvent::Transferred,
+                None,
+                serde_json::json!({ "department": department, "fromDepartment": from }),
+                self.delivery_enqueued_at(),
+            )
+            .await?;
+            Ok((from, previous_agent, moved, assigned, delivery))
         }
         .await;
-        let (from, previous_agent, moved, assigned) = finish(tx, result).await?;
+        let (from, previous_agent, moved, assigned, delivery) = finish(tx, result).await?;
         drop(conn);
+        self.hand_over(delivery).await;
         tracing::info!(
             business = %business_id,
             conversation = %conversation_id,
@@ -808,7 +877,7 @@ impl Router {
 #[async_trait]
 impl JobHandler for Router {
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        self.process(job).await.map_err(|err| JobError(chain(&err)))
+        self.process(job).await.map_err(|err| JobError::new(chain(&err)))
     }
 }
 
