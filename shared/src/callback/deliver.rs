@@ -306,11 +306,19 @@ impl Deliverer {
     /// `Err` asks for another attempt later.
     pub async fn deliver(&self, job: &Job) -> Result<(), DeliveryError> {
         let pending = self.pending_through(job).await?;
-        if !pending.iter().any(|found| found.id == job.id) {
+        if pending.is_empty() {
+            // Finished already (a duplicate hand-over), or not ours at all.
             return self.check_finished(job).await;
         }
         for earlier in &pending {
             self.attempt(earlier).await?;
+        }
+        if pending.last().is_some_and(|last| last.id != job.id) {
+            // More earlier deliveries were pending than one read returns.
+            return Err(DeliveryError::Retry {
+                cause: "earlier deliveries of the conversation are still pending".into(),
+                after: Duration::ZERO,
+            });
         }
         Ok(())
     }
