@@ -637,14 +637,38 @@ async fn business_callback_checks_the_url_without_connecting_and_shows_the_secre
     // Without the key nothing can be stored.
     let output = chat_router(
         &db,
-        &["business", "callback", "--business", &business, "--url", &local_url, "--allow-loopback"],
+        &[
+            "business",
+            "callback",
+            "--business",
+            &business,
+            "--url",
+            &local_url,
+            "--allow-loopback",
+        ],
     );
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("CALLBACK_SECRET_KEY"));
-    assert!(!callback(&["--url", &local_url, "--allow-loopback", "--events", "opened"]).status.success());
+    assert!(
+        !callback(&[
+            "--url",
+            &local_url,
+            "--allow-loopback",
+            "--events",
+            "opened"
+        ])
+        .status
+        .success()
+    );
 
     // Accepted: the secret is printed the first time only, and again when rotated.
-    let first = callback(&["--url", &local_url, "--allow-loopback", "--events", "closed"]);
+    let first = callback(&[
+        "--url",
+        &local_url,
+        "--allow-loopback",
+        "--events",
+        "closed",
+    ]);
     let first_json = json_out(&first);
     let secret = first_json["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"));

@@ -111,7 +111,11 @@ async fn a_restart_in_the_middle_of_retries_loses_no_delivery() {
     let received = script.received();
     assert!(received.len() > failed_before);
     assert_eq!(received.last().unwrap().answered, 200);
-    assert!(received.iter().all(|r| r.delivery_id == received[0].delivery_id));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.delivery_id == received[0].delivery_id)
+    );
     for r in &received {
         chat_router::callback::signature::verify(
             secret.as_bytes(),

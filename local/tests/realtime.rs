@@ -557,10 +557,7 @@ async fn serve_demo_delivers_an_agents_reply_to_its_built_in_receiver() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let assigned = assigned.expect("a demo agent gets the conversation");
-    let (_, ws) = sockets
-        .iter_mut()
-        .find(|(id, _)| *id == assigned)
-        .unwrap();
+    let (_, ws) = sockets.iter_mut().find(|(id, _)| *id == assigned).unwrap();
     send(
         ws,
         json!({"action": "sendmessage", "conversationId": conversation, "content": "It is 20 euros."}),

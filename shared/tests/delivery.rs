@@ -114,7 +114,10 @@ async fn rig(backend: Backend, settings: DeliverySettings, events: &[DeliveryEve
         .await
         .unwrap();
     router
-        .agent_available(&created.id, chat_router::timestamp::now_millis() + 3_600_000)
+        .agent_available(
+            &created.id,
+            chat_router::timestamp::now_millis() + 3_600_000,
+        )
         .await
         .unwrap();
     Rig {
@@ -165,7 +168,10 @@ impl Rig {
             if pending == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{pending} deliveries still pending");
+            assert!(
+                Instant::now() < deadline,
+                "{pending} deliveries still pending"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -189,30 +195,32 @@ fn verifies(secret: &str, received: &Received) -> Result<(), VerifyError> {
     )
 }
 
-both_backends!(a_reply_is_delivered_signed_with_the_business_secret, |backend| {
-    let rig = rig(backend, fast(5), &[]).await;
-    let conversation = rig.conversation("cust-1").await;
-    let message = rig.reply(&conversation, "Your refund is on its way.").await;
-    rig.settled().await;
+both_backends!(
+    a_reply_is_delivered_signed_with_the_business_secret,
+    |backend| {
+        let rig = rig(backend, fast(5), &[]).await;
+        let conversation = rig.conversation("cust-1").await;
+        let message = rig.reply(&conversation, "Your refund is on its way.").await;
+        rig.settled().await;
 
-    let received = rig.script.received();
-    assert_eq!(received.len(), 1);
-    let delivery = &received[0];
-    verifies(&rig.secret, delivery).expect("the signature verifies");
-    let body = delivery.json();
-    assert_eq!(body["event"], "message");
-    assert_eq!(body["deliveryId"], delivery.delivery_id.as_str());
-    assert!(delivery.delivery_id.starts_with("dlv_"));
-    assert_eq!(body["businessId"], rig.business.as_str());
-    assert_eq!(body["conversationId"], conversation.as_str());
-    assert_eq!(body["customerId"], "cust-1");
-    assert_eq!(body["message"]["id"], message.as_str());
-    assert_eq!(body["message"]["sender"], "agent");
-    assert_eq!(body["message"]["content"], "Your refund is on its way.");
-    assert_eq!(body["message"]["sequence"], 2);
-    assert!(body["message"]["createdAt"].is_string());
-    assert_eq!(rig.statuses().await, vec!["done|1"]);
-    assert_eq!(
+        let received = rig.script.received();
+        assert_eq!(received.len(), 1);
+        let delivery = &received[0];
+        verifies(&rig.secret, delivery).expect("the signature verifies");
+        let body = delivery.json();
+        assert_eq!(body["event"], "message");
+        assert_eq!(body["deliveryId"], delivery.delivery_id.as_str());
+        assert!(delivery.delivery_id.starts_with("dlv_"));
+        assert_eq!(body["businessId"], rig.business.as_str());
+        assert_eq!(body["conversationId"], conversation.as_str());
+        assert_eq!(body["customerId"], "cust-1");
+        assert_eq!(body["message"]["id"], message.as_str());
+        assert_eq!(body["message"]["sender"], "agent");
+        assert_eq!(body["message"]["content"], "Your refund is on its way.");
+        assert_eq!(body["message"]["sequence"], 2);
+        assert!(body["message"]["createdAt"].is_string());
+        assert_eq!(rig.statuses().await, vec!["done|1"]);
+        assert_eq!(
         count(
             &rig.store,
             r#"SELECT count(*) FROM "Delivery" WHERE "lastStatus" = 200 AND "deliveredAt" IS NOT NULL"#
@@ -220,52 +228,56 @@ both_backends!(a_reply_is_delivered_signed_with_the_business_secret, |backend| {
         .await,
         1
     );
-    // Another key cannot read the stored secret, and the database never holds it.
-    let stored = column(&rig.store, r#"SELECT "secret" FROM "CallbackEndpoint""#).await;
-    assert!(stored[0].starts_with("v1:") && !stored[0].contains(&rig.secret));
-    rig.queue.shutdown();
-});
+        // Another key cannot read the stored secret, and the database never holds it.
+        let stored = column(&rig.store, r#"SELECT "secret" FROM "CallbackEndpoint""#).await;
+        assert!(stored[0].starts_with("v1:") && !stored[0].contains(&rig.secret));
+        rig.queue.shutdown();
+    }
+);
 
-both_backends!(deliveries_keep_each_conversations_order_under_concurrency, |backend| {
-    let rig = Arc::new(rig(backend, fast(20), &[]).await);
-    let first = rig.conversation("cust-a").await;
-    let second = rig.conversation("cust-b").await;
-    // Failures early on make retries interleave with new deliveries.
-    rig.script.then([
-        Answer::Status(500),
-        Answer::Status(503),
-        Answer::Status(200),
-        Answer::Status(500),
-    ]);
-    let mut tasks = Vec::new();
-    for n in 0..8 {
-        for conversation in [first.clone(), second.clone()] {
-            let rig = rig.clone();
-            tasks.push(tokio::spawn(async move {
-                rig.reply(&conversation, &format!("reply {n}")).await
-            }));
+both_backends!(
+    deliveries_keep_each_conversations_order_under_concurrency,
+    |backend| {
+        let rig = Arc::new(rig(backend, fast(20), &[]).await);
+        let first = rig.conversation("cust-a").await;
+        let second = rig.conversation("cust-b").await;
+        // Failures early on make retries interleave with new deliveries.
+        rig.script.then([
+            Answer::Status(500),
+            Answer::Status(503),
+            Answer::Status(200),
+            Answer::Status(500),
+        ]);
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            for conversation in [first.clone(), second.clone()] {
+                let rig = rig.clone();
+                tasks.push(tokio::spawn(async move {
+                    rig.reply(&conversation, &format!("reply {n}")).await
+                }));
+            }
         }
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    rig.settled().await;
+        for task in tasks {
+            task.await.unwrap();
+        }
+        rig.settled().await;
 
-    for conversation in [&first, &second] {
-        let sequences: Vec<i64> = rig
-            .script
-            .received()
-            .iter()
-            .filter(|r| r.answered == 200)
-            .map(Received::json)
-            .filter(|b| b["conversationId"] == conversation.as_str())
-            .map(|b| b["message"]["sequence"].as_i64().unwrap())
-            .collect();
-        assert_eq!(sequences, (2..=9).collect::<Vec<i64>>(), "{conversation}");
+        for conversation in [&first, &second] {
+            let sequences: Vec<i64> = rig
+                .script
+                .received()
+                .iter()
+                .filter(|r| r.answered == 200)
+                .map(Received::json)
+                .filter(|b| b["conversationId"] == conversation.as_str())
+                .map(|b| b["message"]["sequence"].as_i64().unwrap())
+                .collect();
+            assert_eq!(sequences, (2..=9).collect::<Vec<i64>>(), "{conversation}");
+        }
+        assert!(rig.statuses().await.iter().all(|s| s.starts_with("done|")));
+        rig.queue.shutdown();
     }
-    assert!(rig.statuses().await.iter().all(|s| s.starts_with("done|")));
-    rig.queue.shutdown();
-});
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_then_a_200_is_retried_under_the_same_delivery_id() {
@@ -280,7 +292,11 @@ async fn a_500_then_a_200_is_retried_under_the_same_delivery_id() {
         received.iter().map(|r| r.answered).collect::<Vec<_>>(),
         vec![500, 502, 200]
     );
-    assert!(received.iter().all(|r| r.delivery_id == received[0].delivery_id));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.delivery_id == received[0].delivery_id)
+    );
     assert!(received.iter().all(|r| r.body == received[0].body));
     for r in &received {
         verifies(&rig.secret, r).unwrap();
@@ -301,7 +317,11 @@ async fn a_400_is_not_retried_and_the_agent_is_told() {
 
     assert_eq!(rig.script.received().len(), 1);
     assert_eq!(rig.statuses().await, vec!["failed|1"]);
-    let error = column(&rig.store, r#"SELECT "lastError" FROM "Job" WHERE "kind" = 'delivery'"#).await;
+    let error = column(
+        &rig.store,
+        r#"SELECT "lastError" FROM "Job" WHERE "kind" = 'delivery'"#,
+    )
+    .await;
     assert!(error[0].contains("400"), "{error:?}");
 
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -338,7 +358,8 @@ async fn a_400_is_not_retried_and_the_agent_is_told() {
 async fn the_attempt_limit_fails_the_delivery_and_tells_the_agent() {
     let rig = rig(Backend::File, fast(3), &[]).await;
     let mut events = rig.notifier.subscribe();
-    rig.script.then(std::iter::repeat_n(Answer::Status(503), 10));
+    rig.script
+        .then(std::iter::repeat_n(Answer::Status(503), 10));
     let conversation = rig.conversation("cust-1").await;
     rig.reply(&conversation, "Done.").await;
     rig.settled().await;
@@ -459,55 +480,61 @@ async fn a_rotated_secret_signs_alone_and_the_old_one_stops_verifying() {
     rig.queue.shutdown();
 }
 
-both_backends!(closed_and_transferred_are_delivered_only_when_opted_in, |backend| {
-    let rig = rig(
-        backend,
-        fast(5),
-        &[DeliveryEvent::Closed, DeliveryEvent::Transferred],
-    )
-    .await;
-    let conversation = rig.conversation("cust-1").await;
-    rig.router
-        .transfer(&rig.business, &conversation, "Billing")
+both_backends!(
+    closed_and_transferred_are_delivered_only_when_opted_in,
+    |backend| {
+        let rig = rig(
+            backend,
+            fast(5),
+            &[DeliveryEvent::Closed, DeliveryEvent::Transferred],
+        )
+        .await;
+        let conversation = rig.conversation("cust-1").await;
+        rig.router
+            .transfer(&rig.business, &conversation, "Billing")
+            .await
+            .unwrap();
+        rig.router
+            .close(&rig.business, &conversation)
+            .await
+            .unwrap();
+        rig.settled().await;
+        let bodies: Vec<Value> = rig.script.received().iter().map(Received::json).collect();
+        assert_eq!(bodies.len(), 2);
+        assert_eq!(bodies[0]["event"], "transferred");
+        assert_eq!(bodies[0]["fromDepartment"], "Support");
+        assert_eq!(bodies[0]["department"], "Billing");
+        assert_eq!(bodies[1]["event"], "closed");
+        // Both carry the conversation's latest message, the customer's first here.
+        for body in &bodies {
+            assert_eq!(body["message"]["sender"], "customer");
+            assert_eq!(body["message"]["sequence"], 1);
+            assert_eq!(body["customerId"], "cust-1");
+        }
+
+        // Without the opt-in, only messages are delivered.
+        endpoint::configure(
+            &rig.store,
+            &rig.key,
+            &EndpointRequest {
+                business_id: rig.business.clone(),
+                url: rig.url.clone(),
+                events: vec![],
+                allow_loopback: true,
+                rotate_secret: false,
+            },
+        )
         .await
         .unwrap();
-    rig.router.close(&rig.business, &conversation).await.unwrap();
-    rig.settled().await;
-    let bodies: Vec<Value> = rig.script.received().iter().map(Received::json).collect();
-    assert_eq!(bodies.len(), 2);
-    assert_eq!(bodies[0]["event"], "transferred");
-    assert_eq!(bodies[0]["fromDepartment"], "Support");
-    assert_eq!(bodies[0]["department"], "Billing");
-    assert_eq!(bodies[1]["event"], "closed");
-    // Both carry the conversation's latest message, the customer's first here.
-    for body in &bodies {
-        assert_eq!(body["message"]["sender"], "customer");
-        assert_eq!(body["message"]["sequence"], 1);
-        assert_eq!(body["customerId"], "cust-1");
+        let other = rig.conversation("cust-2").await;
+        rig.router.close(&rig.business, &other).await.unwrap();
+        assert_eq!(
+            count(&rig.store, r#"SELECT count(*) FROM "Delivery""#).await,
+            2
+        );
+        rig.queue.shutdown();
     }
-
-    // Without the opt-in, only messages are delivered.
-    endpoint::configure(
-        &rig.store,
-        &rig.key,
-        &EndpointRequest {
-            business_id: rig.business.clone(),
-            url: rig.url.clone(),
-            events: vec![],
-            allow_loopback: true,
-            rotate_secret: false,
-        },
-    )
-    .await
-    .unwrap();
-    let other = rig.conversation("cust-2").await;
-    rig.router.close(&rig.business, &other).await.unwrap();
-    assert_eq!(
-        count(&rig.store, r#"SELECT count(*) FROM "Delivery""#).await,
-        2
-    );
-    rig.queue.shutdown();
-});
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_urls_are_never_stored_and_a_refused_stored_url_is_never_sent_to() {
@@ -563,7 +590,11 @@ async fn refused_urls_are_never_stored_and_a_refused_stored_url_is_never_sent_to
     rig.reply(&conversation, "Done.").await;
     rig.settled().await;
     assert_eq!(rig.statuses().await, vec!["failed|1"]);
-    let error = column(&rig.store, r#"SELECT "lastError" FROM "Job" WHERE "kind" = 'delivery'"#).await;
+    let error = column(
+        &rig.store,
+        r#"SELECT "lastError" FROM "Job" WHERE "kind" = 'delivery'"#,
+    )
+    .await;
     assert!(error[0].contains("not a public address"), "{error:?}");
     assert!(rig.script.received().is_empty());
     rig.queue.shutdown();
@@ -604,7 +635,11 @@ async fn a_sweep_hands_over_deliveries_a_lost_queue_never_took() {
     assert!(rig.script.received().is_empty());
     assert_eq!(rig.statuses().await, vec!["pending|0"]);
 
-    let report = rig.router.sweep(&rig.queue, Duration::from_secs(10)).await.unwrap();
+    let report = rig
+        .router
+        .sweep(&rig.queue, Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(report.requeued, 1);
     rig.settled().await;
     assert_eq!(rig.script.received().len(), 1);

@@ -559,7 +559,10 @@ impl Deliverer {
             .post(url)
             .timeout(self.settings.timeout)
             .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, concat!("chat-router/", env!("CARGO_PKG_VERSION")))
+            .header(
+                USER_AGENT,
+                concat!("chat-router/", env!("CARGO_PKG_VERSION")),
+            )
             .header(SIGNATURE_HEADER, signature)
             .header(DELIVERY_HEADER, started.delivery_id.as_str())
             .body(started.payload.clone())
@@ -586,7 +589,9 @@ impl Deliverer {
     /// Exponential backoff with full jitter: up to `first_retry` doubled per earlier
     /// failed attempt, at most `max_retry`, at least half of that.
     fn backoff(&self, attempts: i64) -> Duration {
-        let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(20);
+        let doublings = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
         let ceiling = self
             .settings
             .first_retry

@@ -119,12 +119,13 @@ pub struct ConfiguredEndpoint {
 pub async fn validate_url(url: &str, allow_loopback: bool) -> Result<url::Url, AddressError> {
     let checked = check_url(url, allow_loopback)?;
     if let Some(url::Host::Domain(name)) = checked.host() {
-        let found = tokio::net::lookup_host((name, 0)).await.map_err(|err| {
-            AddressError::Unresolvable {
-                name: name.to_owned(),
-                reason: err.to_string(),
-            }
-        })?;
+        let found =
+            tokio::net::lookup_host((name, 0))
+                .await
+                .map_err(|err| AddressError::Unresolvable {
+                    name: name.to_owned(),
+                    reason: err.to_string(),
+                })?;
         let mut any = false;
         for addr in found {
             any = true;

@@ -877,7 +877,9 @@ impl Router {
 #[async_trait]
 impl JobHandler for Router {
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        self.process(job).await.map_err(|err| JobError::new(chain(&err)))
+        self.process(job)
+            .await
+            .map_err(|err| JobError::new(chain(&err)))
     }
 }
 

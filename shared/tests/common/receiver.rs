@@ -114,4 +114,3 @@ pub async fn receiver(script: Script) -> String {
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}/hook")
 }
-
