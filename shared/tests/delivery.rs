@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_router::callback::deliver::{Deliverer, DeliverySettings, Jobs};
-use chat_router::callback::endpoint::{self, DeliveryEvent, EndpointError, EndpointRequest};
+use chat_router::callback::endpoint::{
+    self, ConfiguredEndpoint, DeliveryEvent, EndpointError, EndpointRequest,
+};
 use chat_router::callback::secret::EncryptionKey;
 use chat_router::callback::signature::{self, VerifyError};
 use chat_router::classify::{
@@ -140,6 +142,27 @@ async fn rig(backend: Backend, settings: DeliverySettings, events: &[DeliveryEve
 }
 
 impl Rig {
+    /// Configures the business's endpoint again.
+    async fn configure(
+        &self,
+        url: &str,
+        loopback: bool,
+        rotate: bool,
+    ) -> Result<ConfiguredEndpoint, EndpointError> {
+        endpoint::configure(
+            &self.store,
+            &self.key,
+            &EndpointRequest {
+                business_id: self.business.clone(),
+                url: url.to_owned(),
+                events: vec![],
+                allow_loopback: loopback,
+                rotate_secret: rotate,
+            },
+        )
+        .await
+    }
+
     /// A routed conversation assigned to the rig's agent.
     async fn conversation(&self, customer: &str) -> String {
         let job = customer_message(&self.store, &self.business, customer, "Hello?").await;
@@ -435,36 +458,12 @@ async fn a_redirect_from_the_receiver_is_not_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_signs_alone_and_the_old_one_stops_verifying() {
     let rig = rig(Backend::File, fast(5), &[]).await;
-    let rotated = endpoint::configure(
-        &rig.store,
-        &rig.key,
-        &EndpointRequest {
-            business_id: rig.business.clone(),
-            url: rig.url.clone(),
-            events: vec![],
-            allow_loopback: true,
-            rotate_secret: true,
-        },
-    )
-    .await
-    .unwrap();
+    let rotated = rig.configure(&rig.url, true, true).await.unwrap();
     let new_secret = rotated.secret.expect("a rotated secret is shown");
     assert_ne!(new_secret, rig.secret);
 
     // Configuring again without rotation keeps the secret and shows none.
-    let again = endpoint::configure(
-        &rig.store,
-        &rig.key,
-        &EndpointRequest {
-            business_id: rig.business.clone(),
-            url: rig.url.clone(),
-            events: vec![],
-            allow_loopback: true,
-            rotate_secret: false,
-        },
-    )
-    .await
-    .unwrap();
+    let again = rig.configure(&rig.url, true, false).await.unwrap();
     assert!(again.secret.is_none());
 
     let conversation = rig.conversation("cust-1").await;
@@ -513,19 +512,7 @@ both_backends!(
         }
 
         // Without the opt-in, only messages are delivered.
-        endpoint::configure(
-            &rig.store,
-            &rig.key,
-            &EndpointRequest {
-                business_id: rig.business.clone(),
-                url: rig.url.clone(),
-                events: vec![],
-                allow_loopback: true,
-                rotate_secret: false,
-            },
-        )
-        .await
-        .unwrap();
+        rig.configure(&rig.url, true, false).await.unwrap();
         let other = rig.conversation("cust-2").await;
         rig.router.close(&rig.business, &other).await.unwrap();
         assert_eq!(
@@ -554,18 +541,7 @@ async fn refused_urls_are_never_stored_and_a_refused_stored_url_is_never_sent_to
         ("https://[::ffff:10.0.0.1]/hook", true),
         ("http://hooks.example.com/hook", true),
     ] {
-        let refused = endpoint::configure(
-            &rig.store,
-            &rig.key,
-            &EndpointRequest {
-                business_id: rig.business.clone(),
-                url: url.into(),
-                events: vec![],
-                allow_loopback: loopback,
-                rotate_secret: true,
-            },
-        )
-        .await;
+        let refused = rig.configure(url, loopback, true).await;
         assert!(
             matches!(refused, Err(EndpointError::Address(_))),
             "{url}: {refused:?}"

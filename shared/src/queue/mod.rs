@@ -67,3 +67,27 @@ pub trait JobHandler: Send + Sync {
     /// must not be handed over again; `Err` asks for another attempt later.
     async fn handle(&self, job: &Job) -> Result<(), JobError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ingest::{Job, JobKind};
+
+    #[test]
+    fn a_queued_job_without_a_kind_is_a_routing_job_and_deliveries_have_their_own_group() {
+        let old: Job = serde_json::from_str(
+            r#"{"id": 7, "businessId": "b", "conversationId": "c", "messageId": "m"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.kind, JobKind::Message);
+        assert_eq!(old.group(), "c");
+
+        let delivery = Job {
+            kind: JobKind::Delivery,
+            ..old
+        };
+        assert_eq!(delivery.group(), "c:deliver");
+        let text = serde_json::to_string(&delivery).unwrap();
+        assert!(text.contains(r#""kind":"delivery""#), "{text}");
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), delivery);
+    }
+}
