@@ -14,7 +14,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::store::{Context, Store, StoreError, begin, finish, text};
+use crate::store::{Context, Sql, Store, StoreError, Writer, begin, finish, text};
 use crate::timestamp;
 
 /// A validated message to store.
@@ -147,56 +147,6 @@ const INSERT_MESSAGE: &str = r#"INSERT INTO "Message" ("id", "conversationId", "
 const INSERT_JOB: &str = r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt", "enqueuedAt")
     VALUES ('message', ?1, ?2, ?3, ?4, ?4, ?5) RETURNING "id""#;
 
-/// Every statement of [`store_message`], prepared once per batch on a local file.
-const STATEMENTS: [&str; 8] = [
-    INSERT_IDEMPOTENCY,
-    READ_IDEMPOTENCY,
-    COMPLETE_IDEMPOTENCY,
-    FIND_CONVERSATION,
-    INSERT_CONVERSATION,
-    NEXT_SEQUENCE,
-    INSERT_MESSAGE,
-    INSERT_JOB,
-];
-
-/// Runs [`store_message`]'s statements: prepared ones when a batch has them (parsing
-/// the SQL costs more than running these statements), else straight on the connection.
-struct Sql<'a> {
-    conn: &'a libsql::Connection,
-    prepared: &'a [libsql::Statement],
-}
-
-impl Sql<'_> {
-    fn statement(&self, sql: &'static str) -> Option<&libsql::Statement> {
-        let index = STATEMENTS.iter().position(|s| std::ptr::eq(*s, sql))?;
-        let statement = self.prepared.get(index)?;
-        statement.reset();
-        Some(statement)
-    }
-
-    async fn execute(
-        &self,
-        sql: &'static str,
-        params: impl libsql::params::IntoParams,
-    ) -> Result<u64, libsql::Error> {
-        match self.statement(sql) {
-            Some(statement) => statement.execute(params).await.map(|n| n as u64),
-            None => self.conn.execute(sql, params).await,
-        }
-    }
-
-    async fn query(
-        &self,
-        sql: &'static str,
-        params: impl libsql::params::IntoParams,
-    ) -> Result<libsql::Rows, libsql::Error> {
-        match self.statement(sql) {
-            Some(statement) => statement.query(params).await,
-            None => self.conn.query(sql, params).await,
-        }
-    }
-}
-
 /// A message waiting for the local writer.
 pub(crate) struct Pending {
     message: NewMessage,
@@ -244,11 +194,7 @@ pub async fn ingest(store: &Store, message: &NewMessage) -> Result<Outcome, Stor
         // A remote server: one transaction of our own.
         let conn = store.writer().await?;
         let tx = begin(&conn, "starting to store a message").await?;
-        let sql = Sql {
-            conn: &tx,
-            prepared: &[],
-        };
-        let result = store_message(&sql, message).await;
+        let result = store_message(&Sql::new(&tx, None), message).await;
         return finish(tx, result).await;
     };
 
@@ -273,12 +219,12 @@ const MAX_BATCH: usize = 256;
 /// transaction, answers each, and repeats until the store is dropped. The writer
 /// connection is locked per batch, so admin commands and the checkpointer interleave.
 pub(crate) async fn run_writer(
-    writer: std::sync::Arc<tokio::sync::Mutex<libsql::Connection>>,
+    writer: std::sync::Arc<tokio::sync::Mutex<Writer>>,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Write>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let conn = writer.lock().await;
+        let writer = writer.lock().await;
         // Take what arrived while waiting for the lock too.
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -286,13 +232,15 @@ pub(crate) async fn run_writer(
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, std::mem::take(&mut batch)).await;
+        commit_batch(&writer, std::mem::take(&mut batch)).await;
+        writer.statements.reset_all();
     }
 }
 
 /// Commits a batch in one transaction, each message in its own savepoint, then the
 /// finished jobs.
-async fn commit_batch(conn: &libsql::Connection, batch: Vec<Write>) {
+async fn commit_batch(writer: &Writer, batch: Vec<Write>) {
+    let sql = Sql::new(&writer.conn, Some(&writer.statements));
     let mut messages = Vec::with_capacity(batch.len());
     let mut done: Vec<Done> = Vec::new();
     for write in batch {
@@ -302,50 +250,24 @@ async fn commit_batch(conn: &libsql::Connection, batch: Vec<Write>) {
         }
     }
     let size = messages.len() + done.len();
-    if let Err(err) = conn.execute("BEGIN IMMEDIATE", ()).await {
+    if let Err(err) = sql.execute("BEGIN IMMEDIATE", ()).await {
         fail_all(messages, done, "starting a batch", &err);
         return;
     }
-    let mut prepared = Vec::with_capacity(STATEMENTS.len());
-    for statement in STATEMENTS.iter().filter(|_| !messages.is_empty()) {
-        match conn.prepare(statement).await {
-            Ok(statement) => prepared.push(statement),
-            Err(err) => {
-                let _ = conn.execute("ROLLBACK", ()).await;
-                fail_all(messages, done, "preparing a batch", &err);
-                return;
-            }
-        }
-    }
-    let sql = Sql {
-        conn,
-        prepared: &prepared,
-    };
     let mut results = Vec::with_capacity(messages.len());
     for pending in &messages {
-        let result = in_savepoint(&sql, &pending.message).await;
-        results.push(result);
+        results.push(in_savepoint(&sql, &pending.message).await);
     }
-    drop(prepared);
+    let now = timestamp::now();
     let mut finished = Vec::with_capacity(done.len());
-    if !done.is_empty() {
-        let now = timestamp::now();
-        let statement = match conn.prepare(FINISH_JOB).await {
-            Ok(statement) => statement,
-            Err(err) => {
-                let _ = conn.execute("ROLLBACK", ()).await;
-                fail_all(messages, done, "preparing a batch", &err);
-                return;
-            }
-        };
-        for (id, _) in &done {
-            statement.reset();
-            let result = statement.execute(libsql::params![*id, now.as_str()]).await;
-            finished.push(result.map(|_| ()).context("finishing a job"));
-        }
+    for (id, _) in &done {
+        let result = sql
+            .execute(FINISH_JOB, libsql::params![*id, now.as_str()])
+            .await;
+        finished.push(result.map(|_| ()).context("finishing a job"));
     }
-    if let Err(err) = conn.execute("COMMIT", ()).await {
-        let _ = conn.execute("ROLLBACK", ()).await;
+    if let Err(err) = sql.execute("COMMIT", ()).await {
+        let _ = sql.execute("ROLLBACK", ()).await;
         fail_all(messages, done, "committing a batch", &err);
         return;
     }
@@ -360,17 +282,16 @@ async fn commit_batch(conn: &libsql::Connection, batch: Vec<Write>) {
 }
 
 async fn in_savepoint(sql: &Sql<'_>, message: &NewMessage) -> Result<Outcome, StoreError> {
-    let conn = sql.conn;
-    conn.execute("SAVEPOINT message", ())
+    sql.execute("SAVEPOINT message", ())
         .await
         .context("starting a savepoint")?;
     let result = store_message(sql, message).await;
     if result.is_err() {
-        conn.execute("ROLLBACK TO message", ())
+        sql.execute("ROLLBACK TO message", ())
             .await
             .context("undoing a message")?;
     }
-    conn.execute("RELEASE message", ())
+    sql.execute("RELEASE message", ())
         .await
         .context("ending a savepoint")?;
     result

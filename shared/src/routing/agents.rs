@@ -5,9 +5,9 @@
 //! their own department. Replying to a waiting conversation takes it, through the
 //! same capacity-checked assignment routing uses.
 
-use libsql::Connection;
+use crate::store::Sql;
 
-use super::assign::{VIEW, returning_view};
+use super::assign::{ASSIGN, returning_view};
 use super::{Assignment, RouteError, Router, assigned_event, audience};
 use crate::events::{ConversationView, Event, Frame, MessageView};
 use crate::store::{Context, Store, StoreError, begin, finish, text};
@@ -38,11 +38,11 @@ pub struct Reply {
 /// A conversation's department, status and assigned agent. Another business's
 /// conversation is, to the caller, no conversation at all.
 pub(crate) async fn placement(
-    conn: &Connection,
+    sql: Sql<'_>,
     business_id: &str,
     conversation_id: &str,
 ) -> Result<(String, String, Option<String>), RouteError> {
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"SELECT "department", "status", "assignedAgentId" FROM "Conversation"
                WHERE "id" = ?1 AND "businessId" = ?2"#,
@@ -63,12 +63,12 @@ pub(crate) async fn placement(
 /// Checks inside a write transaction that `agent` may act on the conversation;
 /// returns its department, status and assigned agent.
 pub(crate) async fn authorize(
-    conn: &Connection,
+    sql: Sql<'_>,
     agent: &AgentRef,
     conversation_id: &str,
 ) -> Result<(String, String, Option<String>), RouteError> {
     let (department, status, assigned) =
-        placement(conn, &agent.business_id, conversation_id).await?;
+        placement(sql, &agent.business_id, conversation_id).await?;
     if assigned.as_deref() == Some(agent.agent_id.as_str()) && status == "in_progress" {
         return Ok((department, status, assigned));
     }
@@ -98,19 +98,20 @@ impl Router {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to store a reply").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
             if let Some(client_id) = client_message_id
-                && let Some(message) = earlier_reply(&tx, agent, conversation_id, client_id).await?
+                && let Some(message) = earlier_reply(sql, agent, conversation_id, client_id).await?
             {
                 return Ok((message, None, None, true, None));
             }
-            let (department, status, _) = authorize(&tx, agent, conversation_id).await?;
+            let (department, status, _) = authorize(sql, agent, conversation_id).await?;
             let mut taken = None;
             if status == "open" {
-                taken = Some(take(&tx, agent, conversation_id, now_ms, &now).await?);
+                taken = Some(take(sql, agent, conversation_id, now_ms, &now).await?);
             }
             let message = insert_reply(
-                &tx,
+                sql,
                 agent,
                 conversation_id,
                 content,
@@ -173,12 +174,12 @@ impl Router {
 
 /// The agent's earlier reply with this client id, if any.
 async fn earlier_reply(
-    conn: &Connection,
+    sql: Sql<'_>,
     agent: &AgentRef,
     conversation_id: &str,
     client_id: &str,
 ) -> Result<Option<MessageView>, RouteError> {
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"SELECT m."id", m."content", m."sequence", m."createdAt", m."agentId"
                FROM "Message" m JOIN "Conversation" c ON c."id" = m."conversationId"
@@ -209,13 +210,13 @@ async fn earlier_reply(
 
 /// Gives a waiting conversation to the agent, within their capacity.
 async fn take(
-    conn: &Connection,
+    sql: Sql<'_>,
     agent: &AgentRef,
     conversation_id: &str,
     now_ms: i64,
     now: &str,
 ) -> Result<ConversationView, RouteError> {
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"SELECT coalesce(l."active", 0) >= a."capacity"
                FROM "Agent" a LEFT JOIN "AgentLoad" l ON l."agentId" = a."id" WHERE a."id" = ?1"#,
@@ -231,19 +232,15 @@ async fn take(
     if full {
         return Err(RouteError::OverCapacity);
     }
-    let sql = format!(
-        r#"UPDATE "Conversation" SET "status" = 'in_progress', "assignedAgentId" = ?2, "updatedAt" = ?3
-           WHERE "id" = ?1 AND "status" = 'open' RETURNING {VIEW}"#
-    );
     let taken = returning_view(
-        conn,
-        &sql,
+        sql,
+        ASSIGN,
         libsql::params![conversation_id, agent.agent_id.as_str(), now],
         "taking a conversation",
     )
     .await?
     .ok_or(RouteError::NotAssigned)?;
-    conn.execute(
+    sql.execute(
         r#"UPDATE "AgentPresence" SET "idleSince" = ?2 WHERE "agentId" = ?1"#,
         libsql::params![agent.agent_id.as_str(), now_ms],
     )
@@ -259,14 +256,14 @@ async fn take(
 }
 
 async fn insert_reply(
-    conn: &Connection,
+    sql: Sql<'_>,
     agent: &AgentRef,
     conversation_id: &str,
     content: &str,
     client_message_id: Option<&str>,
     now: &str,
 ) -> Result<MessageView, RouteError> {
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"UPDATE "Conversation" SET "lastSequence" = "lastSequence" + 1, "updatedAt" = ?2
                WHERE "id" = ?1 RETURNING "lastSequence""#,
@@ -284,7 +281,7 @@ async fn insert_reply(
     while rows.next().await.context("numbering a reply")?.is_some() {}
     drop(rows);
     let id = crate::new_id();
-    conn.execute(
+    sql.execute(
         r#"INSERT INTO "Message" ("id", "conversationId", "sender", "content", "createdAt", "sequence", "agentId", "clientMessageId")
            VALUES (?1, ?2, 'agent', ?3, ?4, ?5, ?6, ?7)"#,
         libsql::params![

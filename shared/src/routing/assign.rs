@@ -5,13 +5,21 @@
 //! so what it reads cannot change before it writes; the capacity and business
 //! triggers of migrations 2 and 4 back that up in the database.
 
-use libsql::Connection;
-
 use crate::events::ConversationView;
-use crate::store::{Context, StoreError, text};
+use crate::store::{Context, Sql, StoreError, text};
+
+/// The columns of a [`ConversationView`], in the order [`view`] reads them, as a
+/// literal for `concat!`, so statements that return them are `&'static str` and can
+/// stay prepared.
+macro_rules! view_columns {
+    () => {
+        r#""id", "department", "status", "assignedAgentId", "intent", "confidence", "classifier", "customerId", "customerName", "channel", "lastSequence""#
+    };
+}
+pub(crate) use view_columns;
 
 /// The columns of a [`ConversationView`], in the order [`view`] reads them.
-pub(crate) const VIEW: &str = r#""id", "department", "status", "assignedAgentId", "intent", "confidence", "classifier", "customerId", "customerName", "channel", "lastSequence""#;
+pub(crate) const VIEW: &str = view_columns!();
 
 /// Reads a [`VIEW`] row.
 pub(crate) fn view(row: &libsql::Row) -> Result<ConversationView, StoreError> {
@@ -32,12 +40,12 @@ pub(crate) fn view(row: &libsql::Row) -> Result<ConversationView, StoreError> {
 
 /// Runs a statement ending in `RETURNING {VIEW}` and reads the row it returns, if any.
 pub(crate) async fn returning_view(
-    conn: &Connection,
-    sql: &str,
+    sql: Sql<'_>,
+    statement: &'static str,
     params: impl libsql::params::IntoParams,
     doing: &'static str,
 ) -> Result<Option<ConversationView>, StoreError> {
-    let mut rows = conn.query(sql, params).await.context(doing)?;
+    let mut rows = sql.query(statement, params).await.context(doing)?;
     let found = match rows.next().await.context(doing)? {
         Some(row) => Some(view(&row)?),
         None => None,
@@ -47,18 +55,20 @@ pub(crate) async fn returning_view(
     Ok(found)
 }
 
-/// Reads the first column of the first row, if any.
+/// Reads the first column of the first row, if any, and steps past the rest.
 pub(crate) async fn first_text(
-    conn: &Connection,
-    sql: &str,
+    sql: Sql<'_>,
+    statement: &'static str,
     params: impl libsql::params::IntoParams,
     doing: &'static str,
 ) -> Result<Option<String>, StoreError> {
-    let mut rows = conn.query(sql, params).await.context(doing)?;
-    match rows.next().await.context(doing)? {
-        Some(row) => Ok(Some(text(&row, 0)?)),
-        None => Ok(None),
-    }
+    let mut rows = sql.query(statement, params).await.context(doing)?;
+    let found = match rows.next().await.context(doing)? {
+        Some(row) => Some(text(&row, 0)?),
+        None => None,
+    };
+    while rows.next().await.context(doing)?.is_some() {}
+    Ok(found)
 }
 
 /// A conversation given to an agent.
@@ -86,12 +96,19 @@ const BEST_AGENT: &str = r#"SELECT a."id" FROM "AgentPresence" p
         AND p."expiresAt" > ?3 AND coalesce(l."active", 0) < a."capacity"
     ORDER BY coalesce(l."active", 0), p."idleSince", a."id" LIMIT 1"#;
 
+/// Gives a waiting conversation to an agent.
+pub(crate) const ASSIGN: &str = concat!(
+    r#"UPDATE "Conversation" SET "status" = 'in_progress', "assignedAgentId" = ?2, "updatedAt" = ?3
+       WHERE "id" = ?1 AND "status" = 'open' RETURNING "#,
+    view_columns!()
+);
+
 /// Assigns waiting conversations of a department, oldest first, to its available
 /// agents until either runs out. Called after anything that adds a waiting
 /// conversation or frees an agent, so no conversation waits while an agent of its
 /// department has room.
 pub(crate) async fn drain(
-    conn: &Connection,
+    sql: Sql<'_>,
     business_id: &str,
     department: &str,
     now_ms: i64,
@@ -100,7 +117,7 @@ pub(crate) async fn drain(
     let mut assigned = Vec::new();
     loop {
         let Some(conversation) = first_text(
-            conn,
+            sql,
             OLDEST_WAITING,
             libsql::params![business_id, department],
             "finding a waiting conversation",
@@ -110,7 +127,7 @@ pub(crate) async fn drain(
             break;
         };
         let Some(agent) = first_text(
-            conn,
+            sql,
             BEST_AGENT,
             libsql::params![business_id, department, now_ms],
             "finding an available agent",
@@ -119,19 +136,15 @@ pub(crate) async fn drain(
         else {
             break;
         };
-        let sql = format!(
-            r#"UPDATE "Conversation" SET "status" = 'in_progress', "assignedAgentId" = ?2, "updatedAt" = ?3
-               WHERE "id" = ?1 AND "status" = 'open' RETURNING {VIEW}"#
-        );
         let view = returning_view(
-            conn,
-            &sql,
+            sql,
+            ASSIGN,
             libsql::params![conversation.as_str(), agent.as_str(), now],
             "assigning a conversation",
         )
         .await?
         .ok_or_else(|| StoreError::Corrupt("a waiting conversation vanished".into()))?;
-        conn.execute(
+        sql.execute(
             r#"UPDATE "AgentPresence" SET "idleSince" = ?2 WHERE "agentId" = ?1"#,
             libsql::params![agent.as_str(), now_ms],
         )
@@ -154,32 +167,34 @@ pub(crate) async fn drain(
 
 /// An agent's business and department.
 pub(crate) async fn agent(
-    conn: &Connection,
+    sql: Sql<'_>,
     agent_id: &str,
 ) -> Result<Option<(String, String)>, StoreError> {
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"SELECT "businessId", "department" FROM "Agent" WHERE "id" = ?1"#,
             libsql::params![agent_id],
         )
         .await
         .context("reading an agent")?;
-    match rows.next().await.context("reading an agent")? {
-        Some(row) => Ok(Some((text(&row, 0)?, text(&row, 1)?))),
-        None => Ok(None),
-    }
+    let found = match rows.next().await.context("reading an agent")? {
+        Some(row) => Some((text(&row, 0)?, text(&row, 1)?)),
+        None => None,
+    };
+    while rows.next().await.context("reading an agent")?.is_some() {}
+    Ok(found)
 }
 
 /// Records that an agent is available until `expires_ms`. A renewal keeps the time
 /// the agent became idle; an agent whose earlier lease had run out starts idle now.
 pub(crate) async fn set_presence(
-    conn: &Connection,
+    sql: Sql<'_>,
     agent_id: &str,
     business_id: &str,
     expires_ms: i64,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    sql.execute(
         r#"INSERT INTO "AgentPresence" ("agentId", "businessId", "expiresAt", "idleSince")
            VALUES (?1, ?2, ?3, ?4)
            ON CONFLICT ("agentId") DO UPDATE SET

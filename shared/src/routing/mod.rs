@@ -41,12 +41,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
-use libsql::Connection;
 
 pub use agents::{AgentRef, Reply, end_availability, renew_availability};
 pub use assign::Assignment;
-use assign::{VIEW, drain, returning_view};
 pub(crate) use assign::{VIEW as VIEW_COLUMNS, view as read_view};
+use assign::{drain, returning_view, view_columns};
 
 use crate::callback::deliver;
 use crate::callback::endpoint::DeliveryEvent;
@@ -55,7 +54,7 @@ use crate::error::chain;
 use crate::events::{Audience, ConversationView, Event, Frame, MessageView, Notifier, NotifyError};
 use crate::ingest::{Job, JobKind};
 use crate::queue::{JobError, JobHandler, JobQueue};
-use crate::store::{Context, Store, StoreError, begin, finish, text};
+use crate::store::{Context, Sql, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
 /// Attempts at a job before it is marked failed; matches the routing queue's
@@ -248,6 +247,7 @@ impl Router {
         // reader's is emptied by every write.
         let conn = self.store.writer().await?;
         let mut rows = conn
+            .sql()
             .query(
                 r#"SELECT "id", "businessId", "messageId" FROM "Job"
                    WHERE "conversationId" = ?1 AND "kind" = 'message' AND "status" = 'pending'
@@ -341,8 +341,9 @@ impl Router {
         let now = timestamp::now();
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting a job").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
-            let mut rows = tx
+            let mut rows = sql
                 .query(
                     r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
                        WHERE "id" = ?1 AND "status" = 'pending' RETURNING "attempts""#,
@@ -356,7 +357,7 @@ impl Router {
             let attempts: i64 = row.get(0).context("counting an attempt")?;
             // Stepping to the end finishes the statement before the next one.
             while rows.next().await.context("counting an attempt")?.is_some() {}
-            Ok::<_, RouteError>(Some((attempts, load(&tx, job).await)))
+            Ok::<_, RouteError>(Some((attempts, load(sql, job).await)))
         }
         .await;
         finish(tx, result).await
@@ -387,15 +388,16 @@ impl Router {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to route a conversation").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
             let routed =
-                set_department(&tx, &job.conversation_id, classification, now_ms, &now).await?;
+                set_department(sql, &job.conversation_id, classification, now_ms, &now).await?;
             let Some(routed) = routed else {
                 // Routed meanwhile (a transfer, another delivery): just deliver.
                 return Ok(None);
             };
             let assigned = drain(
-                &tx,
+                sql,
                 &job.business_id,
                 &classification.department,
                 now_ms,
@@ -406,7 +408,7 @@ impl Router {
         }
         .await;
         let Some((routed, assigned)) = finish(tx, result).await? else {
-            let found = load(&conn, job).await?;
+            let found = load(conn.sql(), job).await?;
             return Ok(vec![message_event(&found)]);
         };
         tracing::info!(
@@ -455,6 +457,7 @@ impl Router {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to fail a job").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
             let changed = tx
                 .execute(
@@ -471,11 +474,11 @@ impl Router {
                 return Ok(None);
             };
             let Some(routed) =
-                set_department(&tx, &job.conversation_id, fallback, now_ms, &now).await?
+                set_department(sql, &job.conversation_id, fallback, now_ms, &now).await?
             else {
                 return Ok(None);
             };
-            let assigned = drain(&tx, &job.business_id, &fallback.department, now_ms, &now).await?;
+            let assigned = drain(sql, &job.business_id, &fallback.department, now_ms, &now).await?;
             Ok::<_, RouteError>(Some((routed, assigned)))
         }
         .await;
@@ -637,12 +640,13 @@ impl Router {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to make an agent available").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
-            let (business, department) = assign::agent(&tx, agent_id)
+            let (business, department) = assign::agent(sql, agent_id)
                 .await?
                 .ok_or(RouteError::UnknownAgent)?;
-            assign::set_presence(&tx, agent_id, &business, expires_at_ms, now_ms).await?;
-            let assigned = drain(&tx, &business, &department, now_ms, &now).await?;
+            assign::set_presence(sql, agent_id, &business, expires_at_ms, now_ms).await?;
+            let assigned = drain(sql, &business, &department, now_ms, &now).await?;
             Ok::<_, RouteError>((business, assigned))
         }
         .await;
@@ -694,29 +698,26 @@ impl Router {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to close a conversation").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
             if let Some(agent) = actor {
-                agents::authorize(&tx, agent, conversation_id).await?;
+                agents::authorize(sql, agent, conversation_id).await?;
             }
-            let sql = format!(
-                r#"UPDATE "Conversation" SET "status" = 'closed', "closedAt" = ?3, "updatedAt" = ?3
-                   WHERE "id" = ?1 AND "businessId" = ?2 AND "status" <> 'closed' RETURNING {VIEW}"#
-            );
             let Some(closed) = returning_view(
-                &tx,
-                &sql,
+                sql,
+                CLOSE,
                 libsql::params![conversation_id, business_id, now.as_str()],
                 "closing a conversation",
             )
             .await?
             else {
-                return Err(missing_or_closed(&tx, business_id, conversation_id).await);
+                return Err(missing_or_closed(sql, business_id, conversation_id).await);
             };
             let mut assigned = Vec::new();
             if let Some(agent) = &closed.assigned_agent_id
-                && let Some((_, department)) = assign::agent(&tx, agent).await?
+                && let Some((_, department)) = assign::agent(sql, agent).await?
             {
-                assigned = drain(&tx, business_id, &department, now_ms, &now).await?;
+                assigned = drain(sql, business_id, &department, now_ms, &now).await?;
             }
             let delivery = deliver::record(
                 &tx,
@@ -785,12 +786,13 @@ impl Router {
         let (now_ms, now) = (timestamp::now_millis(), timestamp::now());
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting a transfer").await?;
+        let sql = conn.sql_in(&tx);
         let result = async {
             if let Some(agent) = actor {
-                agents::authorize(&tx, agent, conversation_id).await?;
+                agents::authorize(sql, agent, conversation_id).await?;
             }
             let (from, status, previous_agent) =
-                agents::placement(&tx, business_id, conversation_id).await?;
+                agents::placement(sql, business_id, conversation_id).await?;
             if status == "closed" {
                 return Err(RouteError::Closed);
             }
@@ -798,7 +800,7 @@ impl Router {
                 return Err(RouteError::SameDepartment(from));
             }
             let exists = assign::first_text(
-                &tx,
+                sql,
                 r#"SELECT "name" FROM "Department" WHERE "businessId" = ?1 AND "name" = ?2"#,
                 libsql::params![business_id, department],
                 "reading a department",
@@ -807,25 +809,26 @@ impl Router {
             if exists.is_none() {
                 return Err(RouteError::UnknownDepartment(department.to_owned()));
             }
-            let sql = format!(
-                r#"UPDATE "Conversation" SET "department" = ?3, "status" = 'open', "assignedAgentId" = NULL,
-                       "queuedAt" = ?4, "updatedAt" = ?5
-                   WHERE "id" = ?1 AND "businessId" = ?2 RETURNING {VIEW}"#
-            );
             let moved = returning_view(
-                &tx,
-                &sql,
-                libsql::params![conversation_id, business_id, department, now_ms, now.as_str()],
+                sql,
+                TRANSFER,
+                libsql::params![
+                    conversation_id,
+                    business_id,
+                    department,
+                    now_ms,
+                    now.as_str()
+                ],
                 "transferring a conversation",
             )
             .await?
             .ok_or(RouteError::UnknownConversation)?;
-            let mut assigned = drain(&tx, business_id, department, now_ms, &now).await?;
+            let mut assigned = drain(sql, business_id, department, now_ms, &now).await?;
             if let Some(agent) = &previous_agent
-                && let Some((_, agent_department)) = assign::agent(&tx, agent).await?
+                && let Some((_, agent_department)) = assign::agent(sql, agent).await?
                 && agent_department != department
             {
-                assigned.extend(drain(&tx, business_id, &agent_department, now_ms, &now).await?);
+                assigned.extend(drain(sql, business_id, &agent_department, now_ms, &now).await?);
             }
             let delivery = deliver::record(
                 &tx,
@@ -896,8 +899,8 @@ struct Loaded {
 }
 
 /// A job's conversation and message.
-async fn load(conn: &Connection, job: &Job) -> Result<Loaded, RouteError> {
-    let mut rows = conn
+async fn load(sql: Sql<'_>, job: &Job) -> Result<Loaded, RouteError> {
+    let mut rows = sql
         .query(
             r#"SELECT c."businessId", c."department", c."status", c."assignedAgentId",
                       m."sender", m."content", m."sequence", m."createdAt"
@@ -940,23 +943,41 @@ async fn load(conn: &Connection, job: &Job) -> Result<Loaded, RouteError> {
     })
 }
 
+/// Stores a classification on a conversation still being routed.
+const SET_DEPARTMENT: &str = concat!(
+    r#"UPDATE "Conversation" SET "department" = ?2, "intent" = ?3, "confidence" = ?4,
+           "classifier" = ?5, "status" = 'open', "queuedAt" = ?6, "updatedAt" = ?7
+       WHERE "id" = ?1 AND "status" = 'pending' AND "department" = '' RETURNING "#,
+    view_columns!()
+);
+
+/// Closes a conversation of a business.
+const CLOSE: &str = concat!(
+    r#"UPDATE "Conversation" SET "status" = 'closed', "closedAt" = ?3, "updatedAt" = ?3
+       WHERE "id" = ?1 AND "businessId" = ?2 AND "status" <> 'closed' RETURNING "#,
+    view_columns!()
+);
+
+/// Moves a conversation of a business to another department's queue.
+const TRANSFER: &str = concat!(
+    r#"UPDATE "Conversation" SET "department" = ?3, "status" = 'open', "assignedAgentId" = NULL,
+           "queuedAt" = ?4, "updatedAt" = ?5
+       WHERE "id" = ?1 AND "businessId" = ?2 RETURNING "#,
+    view_columns!()
+);
+
 /// Stores a classification on a conversation still being routed and puts it in its
 /// department's queue. `None` if it was routed already.
 async fn set_department(
-    conn: &Connection,
+    sql: Sql<'_>,
     conversation_id: &str,
     classification: &Classification,
     now_ms: i64,
     now: &str,
 ) -> Result<Option<ConversationView>, StoreError> {
-    let sql = format!(
-        r#"UPDATE "Conversation" SET "department" = ?2, "intent" = ?3, "confidence" = ?4,
-               "classifier" = ?5, "status" = 'open', "queuedAt" = ?6, "updatedAt" = ?7
-           WHERE "id" = ?1 AND "status" = 'pending' AND "department" = '' RETURNING {VIEW}"#
-    );
     returning_view(
-        conn,
-        &sql,
+        sql,
+        SET_DEPARTMENT,
         libsql::params![
             conversation_id,
             classification.department.as_str(),
@@ -972,13 +993,9 @@ async fn set_department(
 }
 
 /// Why a conversation could not be changed: it is closed, or not this business's.
-async fn missing_or_closed(
-    conn: &Connection,
-    business_id: &str,
-    conversation_id: &str,
-) -> RouteError {
+async fn missing_or_closed(sql: Sql<'_>, business_id: &str, conversation_id: &str) -> RouteError {
     let found = assign::first_text(
-        conn,
+        sql,
         r#"SELECT "status" FROM "Conversation" WHERE "id" = ?1 AND "businessId" = ?2"#,
         libsql::params![conversation_id, business_id],
         "reading a conversation",

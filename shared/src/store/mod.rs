@@ -9,6 +9,7 @@
 
 pub mod migrations;
 
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,7 +139,7 @@ pub struct Store {
 /// A local file's connections. Shared with the tasks that commit batches, so a batch
 /// finishes even when the request that started it goes away.
 pub(crate) struct LocalConnections {
-    pub(crate) writer: Arc<Mutex<Connection>>,
+    pub(crate) writer: Arc<Mutex<Writer>>,
     readers: std::sync::Mutex<Vec<Connection>>,
     /// One permit per reader connection that may exist.
     reader_permits: Arc<tokio::sync::Semaphore>,
@@ -174,7 +175,10 @@ impl Store {
                     .query("PRAGMA wal_autocheckpoint = 0", ())
                     .await
                     .context("configuring the writer")?;
-                let writer = Arc::new(Mutex::new(writer));
+                let writer = Arc::new(Mutex::new(Writer {
+                    conn: writer,
+                    statements: Statements::default(),
+                }));
                 let checkpointer = spawn_checkpointer(local_connection(&db).await?, writer.clone());
                 let ingest = spawn_writer(writer.clone())?;
                 Ok(Store {
@@ -377,10 +381,7 @@ async fn open_local(path: &Path) -> Result<Database, StoreError> {
 /// end; so past [`WAL_LIMIT_FRAMES`] the checkpointer holds the writer for a second,
 /// short pass (most frames are copied already), after which the next transaction
 /// starts the WAL from the beginning and `journal_size_limit` trims the file.
-fn spawn_checkpointer(
-    conn: Connection,
-    writer: Arc<Mutex<Connection>>,
-) -> std::sync::mpsc::Sender<()> {
+fn spawn_checkpointer(conn: Connection, writer: Arc<Mutex<Writer>>) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
@@ -429,7 +430,7 @@ fn spawn_checkpointer(
 /// blocks while it writes; on a thread of its own it never holds up the async
 /// workers that serve requests. The thread ends when the store drops its sender.
 fn spawn_writer(
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
 ) -> Result<tokio::sync::mpsc::UnboundedSender<crate::ingest::Write>, StoreError> {
     let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -486,10 +487,140 @@ async fn local_connection(db: &Database) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The local writer connection and its prepared statements.
+pub struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) statements: Statements,
+}
+
+/// Statements prepared once on a connection and reused. Parsing and planning our SQL
+/// costs more than running most of it, and the writer runs the same few statements
+/// for every message and job.
+#[derive(Default)]
+pub struct Statements(std::sync::Mutex<HashMap<&'static str, Arc<libsql::Statement>>>);
+
+impl Statements {
+    /// Resets every statement, so none keeps a read snapshot open after its rows
+    /// were left unread.
+    pub(crate) fn reset_all(&self) {
+        for statement in self.0.lock().expect("statement cache lock").values() {
+            statement.reset();
+        }
+    }
+}
+
+/// Runs statements on a connection (or a transaction on it), through the
+/// connection's prepared statements when it has them.
+///
+/// A reused statement is reset before each run, and all of them when the writer is
+/// released, so none holds a read snapshot open between uses.
+#[derive(Clone, Copy)]
+pub struct Sql<'a> {
+    conn: &'a Connection,
+    statements: Option<&'a Statements>,
+}
+
+impl<'a> Sql<'a> {
+    /// Statements on `conn`, prepared through `statements` when given.
+    pub fn new(conn: &'a Connection, statements: Option<&'a Statements>) -> Sql<'a> {
+        Sql { conn, statements }
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> &'a Connection {
+        self.conn
+    }
+
+    async fn prepared(
+        &self,
+        sql: &'static str,
+    ) -> Result<Option<Arc<libsql::Statement>>, libsql::Error> {
+        let Some(statements) = self.statements else {
+            return Ok(None);
+        };
+        let found = statements
+            .0
+            .lock()
+            .expect("statement cache lock")
+            .get(sql)
+            .cloned();
+        if let Some(statement) = found {
+            statement.reset();
+            return Ok(Some(statement));
+        }
+        let statement = Arc::new(self.conn.prepare(sql).await?);
+        statements
+            .0
+            .lock()
+            .expect("statement cache lock")
+            .insert(sql, statement.clone());
+        Ok(Some(statement))
+    }
+
+    /// Runs a statement that returns rows.
+    pub async fn query(
+        &self,
+        sql: &'static str,
+        params: impl libsql::params::IntoParams,
+    ) -> Result<Rows, libsql::Error> {
+        match self.prepared(sql).await? {
+            Some(statement) => {
+                let rows = statement.query(params).await?;
+                Ok(Rows {
+                    rows,
+                    statement: Some(statement),
+                })
+            }
+            None => Ok(Rows {
+                rows: self.conn.query(sql, params).await?,
+                statement: None,
+            }),
+        }
+    }
+
+    /// Runs a statement that returns no rows; returns the rows it changed.
+    pub async fn execute(
+        &self,
+        sql: &'static str,
+        params: impl libsql::params::IntoParams,
+    ) -> Result<u64, libsql::Error> {
+        match self.prepared(sql).await? {
+            Some(statement) => {
+                let changed = statement.execute(params).await.map(|n| n as u64);
+                statement.reset();
+                changed
+            }
+            None => self.conn.execute(sql, params).await,
+        }
+    }
+}
+
+/// The rows of a [`Sql::query`]. A reused statement is reset when they drop, so it
+/// is finished before the transaction ends; read every value before that.
+pub struct Rows {
+    rows: libsql::Rows,
+    statement: Option<Arc<libsql::Statement>>,
+}
+
+impl Rows {
+    /// The next row, if any.
+    pub async fn next(&mut self) -> Result<Option<libsql::Row>, libsql::Error> {
+        self.rows.next().await
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        if let Some(statement) = &self.statement {
+            statement.reset();
+        }
+    }
+}
+
 /// A connection borrowed from the [`Store`].
 pub enum Conn<'a> {
     /// The local writer, held exclusively.
-    Writer(MutexGuard<'a, Connection>),
+    Writer(MutexGuard<'a, Writer>),
     /// A local reader, returned to the pool on drop.
     Pooled {
         /// Always `Some` until dropped.
@@ -508,15 +639,38 @@ impl Deref for Conn<'_> {
 
     fn deref(&self) -> &Connection {
         match self {
-            Conn::Writer(guard) => guard,
+            Conn::Writer(guard) => &guard.conn,
             Conn::Pooled { conn, .. } => conn.as_ref().expect("pooled connection"),
             Conn::Owned(conn) => conn,
         }
     }
 }
 
+impl Conn<'_> {
+    /// Its prepared statements: the local writer's, none for other connections.
+    pub fn statements(&self) -> Option<&Statements> {
+        match self {
+            Conn::Writer(guard) => Some(&guard.statements),
+            _ => None,
+        }
+    }
+
+    /// Statements on this connection.
+    pub fn sql(&self) -> Sql<'_> {
+        Sql::new(self, self.statements())
+    }
+
+    /// Statements in `tx`, a transaction on this connection.
+    pub fn sql_in<'t>(&'t self, tx: &'t libsql::Transaction) -> Sql<'t> {
+        Sql::new(tx, self.statements())
+    }
+}
+
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
+        if let Conn::Writer(guard) = self {
+            guard.statements.reset_all();
+        }
         if let Conn::Pooled { conn, pool, .. } = self
             && let Some(conn) = conn.take()
         {
