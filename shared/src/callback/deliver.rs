@@ -49,7 +49,7 @@ use super::{DELIVERY_HEADER, SIGNATURE_HEADER};
 use crate::error::chain;
 use crate::events::{Audience, Event, Frame, MessageView, Notifier};
 use crate::ingest::{Job, JobKind};
-use crate::queue::{JobError, JobHandler};
+use crate::queue::{JobError, JobHandler, Outbox};
 use crate::routing::Router;
 use crate::store::{Context, Store, StoreError, begin, finish, text};
 use crate::timestamp;
@@ -305,11 +305,11 @@ impl Deliverer {
     /// conversation. `Ok` means it is finished (delivered, or failed for good); an
     /// `Err` asks for another attempt later.
     pub async fn deliver(&self, job: &Job) -> Result<(), DeliveryError> {
-        let pending = self.pending_through(job).await?;
-        if pending.is_empty() {
-            // Finished already (a duplicate hand-over), or not ours at all.
-            return self.check_finished(job).await;
-        }
+        let pending = match crate::queue::look_up(&self.store, job).await? {
+            Outbox::Pending(pending) => pending,
+            Outbox::Finished => return Ok(()),
+            Outbox::Unknown | Outbox::Mismatch => return Err(DeliveryError::UnknownJob(job.id)),
+        };
         for earlier in &pending {
             self.attempt(earlier).await?;
         }
@@ -320,60 +320,6 @@ impl Deliverer {
                 after: Duration::ZERO,
             });
         }
-        Ok(())
-    }
-
-    /// The conversation's pending deliveries up to and including `job`, oldest first.
-    async fn pending_through(&self, job: &Job) -> Result<Vec<Job>, DeliveryError> {
-        let conn = self.store.writer().await?;
-        let mut rows = conn
-            .query(
-                r#"SELECT "id", "businessId", "messageId" FROM "Job"
-                   WHERE "conversationId" = ?1 AND "kind" = 'delivery' AND "status" = 'pending'
-                       AND "id" <= ?2
-                   ORDER BY "id" LIMIT 100"#,
-                libsql::params![job.conversation_id.as_str(), job.id],
-            )
-            .await
-            .context("reading pending deliveries")?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await.context("reading pending deliveries")? {
-            let found = Job {
-                id: row.get(0).context("reading pending deliveries")?,
-                kind: JobKind::Delivery,
-                business_id: text(&row, 1)?,
-                conversation_id: job.conversation_id.clone(),
-                message_id: text(&row, 2)?,
-            };
-            if found.business_id != job.business_id
-                || (found.id == job.id && found.message_id != job.message_id)
-            {
-                return Err(DeliveryError::UnknownJob(job.id));
-            }
-            out.push(found);
-        }
-        Ok(out)
-    }
-
-    async fn check_finished(&self, job: &Job) -> Result<(), DeliveryError> {
-        let conn = self.store.reader().await?;
-        let mut rows = conn
-            .query(
-                r#"SELECT "businessId", "conversationId", "kind" FROM "Job" WHERE "id" = ?1"#,
-                libsql::params![job.id],
-            )
-            .await
-            .context("reading a job")?;
-        let Some(row) = rows.next().await.context("reading a job")? else {
-            return Err(DeliveryError::UnknownJob(job.id));
-        };
-        if text(&row, 0)? != job.business_id
-            || text(&row, 1)? != job.conversation_id
-            || text(&row, 2)? != JobKind::Delivery.as_str()
-        {
-            return Err(DeliveryError::UnknownJob(job.id));
-        }
-        tracing::debug!(job = job.id, "delivery already finished");
         Ok(())
     }
 
@@ -574,7 +520,8 @@ impl Deliverer {
                 let cause = if err.is_timeout() {
                     format!("no answer within {} ms", self.settings.timeout.as_millis())
                 } else {
-                    format!("sending: {}", chain(&err))
+                    // Without the URL, which may carry a token of the business's.
+                    format!("sending: {}", chain(&err.without_url()))
                 };
                 return Outcome::Retry {
                     cause,

@@ -12,6 +12,7 @@ pub mod sqs;
 use async_trait::async_trait;
 
 use crate::ingest::Job;
+use crate::store::{Context, Store, StoreError, text};
 
 /// Why a job could not be handed on.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,90 @@ pub trait JobHandler: Send + Sync {
     /// Handles one job. `Ok` means it is finished (done, or given up as failed) and
     /// must not be handed over again; `Err` asks for another attempt later.
     async fn handle(&self, job: &Job) -> Result<(), JobError>;
+}
+
+/// A queued job as the outbox holds it.
+#[derive(Debug)]
+pub(crate) enum Outbox {
+    /// Pending: its conversation's pending jobs of its kind up to and including it,
+    /// oldest first, at most [`PENDING_AT_ONCE`] of them.
+    Pending(Vec<Job>),
+    /// Stored and finished (done or failed): a duplicate hand-over.
+    Finished,
+    /// Not stored at all.
+    Unknown,
+    /// Stored with other ids than the queued job's.
+    Mismatch,
+}
+
+/// Most pending jobs [`look_up`] returns.
+pub(crate) const PENDING_AT_ONCE: i64 = 100;
+
+/// Finds a queued job in the outbox, with the earlier pending jobs of its kind in its
+/// conversation, which must run first for the conversation's order to hold. Reads on
+/// the writer: its page cache is current, while a reader's is emptied by every write.
+pub(crate) async fn look_up(store: &Store, job: &Job) -> Result<Outbox, StoreError> {
+    let conn = store.writer().await?;
+    let mut rows = conn
+        .sql()
+        .query(
+            r#"SELECT "id", "businessId", "messageId" FROM "Job"
+               WHERE "conversationId" = ?1 AND "kind" = ?2 AND "status" = 'pending' AND "id" <= ?3
+               ORDER BY "id" LIMIT ?4"#,
+            libsql::params![
+                job.conversation_id.as_str(),
+                job.kind.as_str(),
+                job.id,
+                PENDING_AT_ONCE
+            ],
+        )
+        .await
+        .context("reading pending jobs")?;
+    let mut pending = Vec::new();
+    while let Some(row) = rows.next().await.context("reading pending jobs")? {
+        let found = Job {
+            id: row.get(0).context("reading pending jobs")?,
+            kind: job.kind,
+            business_id: text(&row, 1)?,
+            conversation_id: job.conversation_id.clone(),
+            message_id: text(&row, 2)?,
+        };
+        if found.business_id != job.business_id
+            || (found.id == job.id && found.message_id != job.message_id)
+        {
+            return Ok(Outbox::Mismatch);
+        }
+        pending.push(found);
+    }
+    drop(rows);
+    if !pending.is_empty() {
+        return Ok(Outbox::Pending(pending));
+    }
+
+    let mut rows = conn
+        .sql()
+        .query(
+            r#"SELECT "businessId", "conversationId", "messageId", "kind" FROM "Job" WHERE "id" = ?1"#,
+            libsql::params![job.id],
+        )
+        .await
+        .context("reading a job")?;
+    let Some(row) = rows.next().await.context("reading a job")? else {
+        return Ok(Outbox::Unknown);
+    };
+    if text(&row, 0)? != job.business_id
+        || text(&row, 1)? != job.conversation_id
+        || text(&row, 2)? != job.message_id
+        || text(&row, 3)? != job.kind.as_str()
+    {
+        return Ok(Outbox::Mismatch);
+    }
+    tracing::debug!(
+        job = job.id,
+        kind = job.kind.as_str(),
+        "job already finished"
+    );
+    Ok(Outbox::Finished)
 }
 
 #[cfg(test)]

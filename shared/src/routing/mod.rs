@@ -53,7 +53,7 @@ use crate::classify::{BusinessProfile, Chain, Classification, ClassifierKind};
 use crate::error::chain;
 use crate::events::{Audience, ConversationView, Event, Frame, MessageView, Notifier, NotifyError};
 use crate::ingest::{Job, JobKind};
-use crate::queue::{JobError, JobHandler, JobQueue};
+use crate::queue::{JobError, JobHandler, JobQueue, Outbox};
 use crate::store::{Context, Sql, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
@@ -230,72 +230,17 @@ impl Router {
             // A delivery is the deliverer's (`callback::deliver::Jobs` dispatches).
             return Err(RouteError::JobMismatch(job.id));
         }
-        let pending = self.pending_through(job).await?;
-        if pending.is_empty() {
-            // Finished already (a duplicate delivery), or not ours at all.
-            return self.check_finished(job).await;
-        }
-        for earlier in &pending {
-            self.attempt(earlier).await?;
-        }
-        Ok(())
-    }
-
-    /// The conversation's pending jobs up to and including `job`, oldest first.
-    async fn pending_through(&self, job: &Job) -> Result<Vec<Job>, RouteError> {
-        // On the writer, like the job's other reads: its page cache is current, while a
-        // reader's is emptied by every write.
-        let conn = self.store.writer().await?;
-        let mut rows = conn
-            .sql()
-            .query(
-                r#"SELECT "id", "businessId", "messageId" FROM "Job"
-                   WHERE "conversationId" = ?1 AND "kind" = 'message' AND "status" = 'pending'
-                       AND "id" <= ?2
-                   ORDER BY "id" LIMIT 100"#,
-                libsql::params![job.conversation_id.as_str(), job.id],
-            )
-            .await
-            .context("reading pending jobs")?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await.context("reading pending jobs")? {
-            let found = Job {
-                id: row.get(0).context("reading pending jobs")?,
-                kind: JobKind::Message,
-                business_id: text(&row, 1)?,
-                conversation_id: job.conversation_id.clone(),
-                message_id: text(&row, 2)?,
-            };
-            if found.business_id != job.business_id
-                || (found.id == job.id && found.message_id != job.message_id)
-            {
-                return Err(RouteError::JobMismatch(job.id));
+        match crate::queue::look_up(&self.store, job).await? {
+            Outbox::Pending(pending) => {
+                for earlier in &pending {
+                    self.attempt(earlier).await?;
+                }
+                Ok(())
             }
-            out.push(found);
+            Outbox::Finished => Ok(()),
+            Outbox::Unknown => Err(RouteError::UnknownJob(job.id)),
+            Outbox::Mismatch => Err(RouteError::JobMismatch(job.id)),
         }
-        Ok(out)
-    }
-
-    async fn check_finished(&self, job: &Job) -> Result<(), RouteError> {
-        let conn = self.store.reader().await?;
-        let mut rows = conn
-            .query(
-                r#"SELECT "businessId", "conversationId", "messageId" FROM "Job" WHERE "id" = ?1"#,
-                libsql::params![job.id],
-            )
-            .await
-            .context("reading a job")?;
-        let Some(row) = rows.next().await.context("reading a job")? else {
-            return Err(RouteError::UnknownJob(job.id));
-        };
-        if text(&row, 0)? != job.business_id
-            || text(&row, 1)? != job.conversation_id
-            || text(&row, 2)? != job.message_id
-        {
-            return Err(RouteError::JobMismatch(job.id));
-        }
-        tracing::debug!(job = job.id, "job already finished");
-        Ok(())
     }
 
     /// One counted attempt at one job.
