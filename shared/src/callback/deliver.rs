@@ -141,10 +141,13 @@ pub(crate) async fn record(
 
     let message = match message {
         Some(message) => message.clone(),
-        None => match latest_message(conn, conversation_id).await? {
-            Some(message) => message,
-            None => return Ok(None),
-        },
+        None => {
+            let latest = crate::realtime::sync::latest_messages(conn, conversation_id, 1).await?;
+            match latest.into_iter().next() {
+                Some(message) => message,
+                None => return Ok(None),
+            }
+        }
     };
     let delivery_id = format!("dlv_{}", crate::new_id());
     let mut body = json!({
@@ -202,43 +205,6 @@ pub(crate) async fn record(
         business_id: business_id.to_owned(),
         conversation_id: conversation_id.to_owned(),
         message_id: message.id,
-    }))
-}
-
-/// The conversation's message with the highest sequence number.
-async fn latest_message(
-    conn: &Connection,
-    conversation_id: &str,
-) -> Result<Option<MessageView>, StoreError> {
-    let mut rows = conn
-        .query(
-            r#"SELECT "id", "sender", "content", "sequence", "createdAt" FROM "Message"
-               WHERE "conversationId" = ?1 ORDER BY "sequence" DESC LIMIT 1"#,
-            libsql::params![conversation_id],
-        )
-        .await
-        .context("reading a conversation's latest message")?;
-    let Some(row) = rows
-        .next()
-        .await
-        .context("reading a conversation's latest message")?
-    else {
-        return Ok(None);
-    };
-    let created = row
-        .get_value(4)
-        .context("reading a conversation's latest message")?;
-    Ok(Some(MessageView {
-        id: text(&row, 0)?,
-        sender: text(&row, 1)?,
-        content: text(&row, 2)?,
-        sequence: row
-            .get::<Option<i64>>(3)
-            .context("reading a conversation's latest message")?
-            .unwrap_or(0),
-        created_at: timestamp::parse(&created)
-            .map(timestamp::format)
-            .ok_or_else(|| StoreError::Corrupt(format!("unreadable date {created:?}")))?,
     }))
 }
 

@@ -34,7 +34,7 @@ pub mod notifier;
 pub mod poster;
 pub mod protocol;
 pub mod registry;
-mod sync;
+pub(crate) mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
