@@ -55,7 +55,7 @@ pub struct Job {
     pub kind: JobKind,
     /// The business.
     pub business_id: String,
-    /// The conversation, which is also the queue's ordering group.
+    /// The conversation; the queue's ordering group comes from it ([`Job::group`]).
     pub conversation_id: String,
     /// The message the job is about.
     pub message_id: String,
