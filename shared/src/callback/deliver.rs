@@ -522,19 +522,10 @@ impl Deliverer {
         cause: &str,
         status: Option<StatusCode>,
     ) -> Result<(), DeliveryError> {
-        let now = timestamp::now();
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting to fail a delivery").await?;
         let result = async {
-            let changed = tx
-                .execute(
-                    r#"UPDATE "Job" SET "status" = 'failed', "lastError" = ?2, "updatedAt" = ?3
-                       WHERE "id" = ?1 AND "status" = 'pending'"#,
-                    libsql::params![job.id, cause, now.as_str()],
-                )
-                .await
-                .context("failing a delivery")?;
-            if changed == 0 {
+            if !crate::queue::fail_job(&tx, job.id, cause).await? {
                 return Ok(None);
             }
             tx.execute(

@@ -153,6 +153,24 @@ pub(crate) async fn look_up(store: &Store, job: &Job) -> Result<Outbox, StoreErr
     Ok(Outbox::Finished)
 }
 
+/// Marks a pending job failed for good with its last error, on `conn` (a transaction's
+/// where the caller is in one); false when it was no longer pending.
+pub(crate) async fn fail_job(
+    conn: &libsql::Connection,
+    job_id: i64,
+    error: &str,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .execute(
+            r#"UPDATE "Job" SET "status" = 'failed', "lastError" = ?2, "updatedAt" = ?3
+               WHERE "id" = ?1 AND "status" = 'pending'"#,
+            libsql::params![job_id, error, crate::timestamp::now()],
+        )
+        .await
+        .context("failing a job")?;
+    Ok(changed > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::ingest::{Job, JobKind};

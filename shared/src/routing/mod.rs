@@ -404,15 +404,7 @@ impl Router {
         let tx = begin(&conn, "starting to fail a job").await?;
         let sql = conn.sql_in(&tx);
         let result = async {
-            let changed = tx
-                .execute(
-                    r#"UPDATE "Job" SET "status" = 'failed', "lastError" = ?2, "updatedAt" = ?3
-                       WHERE "id" = ?1 AND "status" = 'pending'"#,
-                    libsql::params![job.id, error, now.as_str()],
-                )
-                .await
-                .context("failing a job")?;
-            if changed == 0 {
+            if !crate::queue::fail_job(&tx, job.id, error).await? {
                 return Ok(None);
             }
             let Some(fallback) = &fallback else {
