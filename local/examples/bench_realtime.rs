@@ -13,6 +13,10 @@
 //! An event that reaches the socket before the HTTP client has read the 202 counts as
 //! zero.
 
+/// The allocator `chat-router serve` uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

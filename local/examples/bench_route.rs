@@ -22,6 +22,10 @@ use chat_router::webhook::Webhook;
 use chat_router_local::app::{App, Settings};
 use serde_json::{Value, json};
 
+/// The allocator `chat-router serve` uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BANK: &str = include_str!("../../tenants/bank.json");
 const TEXTS: &str = include_str!("../../shared/tests/fixtures/banking77-subset.csv");
 
@@ -290,6 +294,17 @@ async fn main() -> anyhow::Result<()> {
     // A short unmeasured run warms the process (allocator, classifier models).
     run("warmup", 500, None, 32, false).await?;
     runs.push(run(&format!("{rate}/s paced"), paced, Some(rate), 256, false).await?);
+    let doubled = rate * 2;
+    runs.push(
+        run(
+            &format!("{doubled}/s paced"),
+            paced * 2,
+            Some(doubled),
+            256,
+            false,
+        )
+        .await?,
+    );
     runs.push(run("full speed, 64 clients", FULL_SPEED_TOTAL, None, 64, false).await?);
     runs.push(
         run(

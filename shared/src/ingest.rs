@@ -14,7 +14,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::store::{Context, Sql, Store, StoreError, Writer, begin, finish, text};
+use crate::store::{Context, LocalConn, Sql, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
 /// A validated message to store.
@@ -219,7 +219,7 @@ const MAX_BATCH: usize = 256;
 /// transaction, answers each, and repeats until the store is dropped. The writer
 /// connection is locked per batch, so admin commands and the checkpointer interleave.
 pub(crate) async fn run_writer(
-    writer: std::sync::Arc<tokio::sync::Mutex<Writer>>,
+    writer: std::sync::Arc<tokio::sync::Mutex<LocalConn>>,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Write>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -239,7 +239,7 @@ pub(crate) async fn run_writer(
 
 /// Commits a batch in one transaction, each message in its own savepoint, then the
 /// finished jobs.
-async fn commit_batch(writer: &Writer, batch: Vec<Write>) {
+async fn commit_batch(writer: &LocalConn, batch: Vec<Write>) {
     let sql = Sql::new(&writer.conn, Some(&writer.statements));
     let mut messages = Vec::with_capacity(batch.len());
     let mut done: Vec<Done> = Vec::new();

@@ -411,6 +411,7 @@ async fn find_credential(
     let hash = credentials::hash(presented);
     let conn = store.reader().await?;
     let mut rows = conn
+        .sql()
         .query(
             r#"SELECT "businessId", "agentId", "secretHash", "id" FROM "Credential"
                WHERE "secretHash" = ?1 AND "kind" = ?2 AND "revokedAt" IS NULL"#,

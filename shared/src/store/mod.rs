@@ -139,8 +139,8 @@ pub struct Store {
 /// A local file's connections. Shared with the tasks that commit batches, so a batch
 /// finishes even when the request that started it goes away.
 pub(crate) struct LocalConnections {
-    pub(crate) writer: Arc<Mutex<Writer>>,
-    readers: std::sync::Mutex<Vec<Connection>>,
+    pub(crate) writer: Arc<Mutex<LocalConn>>,
+    readers: std::sync::Mutex<Vec<LocalConn>>,
     /// One permit per reader connection that may exist.
     reader_permits: Arc<tokio::sync::Semaphore>,
     /// Work for the writer task, which commits what has queued up in one transaction
@@ -175,7 +175,7 @@ impl Store {
                     .query("PRAGMA wal_autocheckpoint = 0", ())
                     .await
                     .context("configuring the writer")?;
-                let writer = Arc::new(Mutex::new(Writer {
+                let writer = Arc::new(Mutex::new(LocalConn {
                     conn: writer,
                     statements: Statements::default(),
                 }));
@@ -241,7 +241,10 @@ impl Store {
                 let pooled = local.readers.lock().expect("reader pool lock").pop();
                 let conn = match pooled {
                     Some(conn) => conn,
-                    None => local_connection(&self.db).await?,
+                    None => LocalConn {
+                        conn: local_connection(&self.db).await?,
+                        statements: Statements::default(),
+                    },
                 };
                 Ok(Conn::Pooled {
                     conn: Some(conn),
@@ -381,7 +384,10 @@ async fn open_local(path: &Path) -> Result<Database, StoreError> {
 /// end; so past [`WAL_LIMIT_FRAMES`] the checkpointer holds the writer for a second,
 /// short pass (most frames are copied already), after which the next transaction
 /// starts the WAL from the beginning and `journal_size_limit` trims the file.
-fn spawn_checkpointer(conn: Connection, writer: Arc<Mutex<Writer>>) -> std::sync::mpsc::Sender<()> {
+fn spawn_checkpointer(
+    conn: Connection,
+    writer: Arc<Mutex<LocalConn>>,
+) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
@@ -430,7 +436,7 @@ fn spawn_checkpointer(conn: Connection, writer: Arc<Mutex<Writer>>) -> std::sync
 /// blocks while it writes; on a thread of its own it never holds up the async
 /// workers that serve requests. The thread ends when the store drops its sender.
 fn spawn_writer(
-    writer: Arc<Mutex<Writer>>,
+    writer: Arc<Mutex<LocalConn>>,
 ) -> Result<tokio::sync::mpsc::UnboundedSender<crate::ingest::Write>, StoreError> {
     let (ingest, queue) = tokio::sync::mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -472,6 +478,7 @@ async fn local_connection(db: &Database) -> Result<Connection, StoreError> {
         "PRAGMA synchronous = NORMAL",
         "PRAGMA foreign_keys = ON",
         "PRAGMA journal_size_limit = 134217728",
+        "PRAGMA mmap_size = 268435456",
     ] {
         let mut rows = conn
             .query(pragma, ())
@@ -487,8 +494,8 @@ async fn local_connection(db: &Database) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// The local writer connection and its prepared statements.
-pub struct Writer {
+/// A local connection (the writer, or a pooled reader) and its prepared statements.
+pub struct LocalConn {
     pub(crate) conn: Connection,
     pub(crate) statements: Statements,
 }
@@ -620,13 +627,13 @@ impl Drop for Rows {
 /// A connection borrowed from the [`Store`].
 pub enum Conn<'a> {
     /// The local writer, held exclusively.
-    Writer(MutexGuard<'a, Writer>),
+    Writer(MutexGuard<'a, LocalConn>),
     /// A local reader, returned to the pool on drop.
     Pooled {
         /// Always `Some` until dropped.
-        conn: Option<Connection>,
+        conn: Option<LocalConn>,
         /// Where it goes back.
-        pool: &'a std::sync::Mutex<Vec<Connection>>,
+        pool: &'a std::sync::Mutex<Vec<LocalConn>>,
         /// Released after the connection is back in the pool.
         _permit: tokio::sync::OwnedSemaphorePermit,
     },
@@ -640,18 +647,19 @@ impl Deref for Conn<'_> {
     fn deref(&self) -> &Connection {
         match self {
             Conn::Writer(guard) => &guard.conn,
-            Conn::Pooled { conn, .. } => conn.as_ref().expect("pooled connection"),
+            Conn::Pooled { conn, .. } => &conn.as_ref().expect("pooled connection").conn,
             Conn::Owned(conn) => conn,
         }
     }
 }
 
 impl Conn<'_> {
-    /// Its prepared statements: the local writer's, none for other connections.
+    /// Its prepared statements: a local connection's; none for a remote one.
     pub fn statements(&self) -> Option<&Statements> {
         match self {
             Conn::Writer(guard) => Some(&guard.statements),
-            _ => None,
+            Conn::Pooled { conn, .. } => conn.as_ref().map(|c| &c.statements),
+            Conn::Owned(_) => None,
         }
     }
 
@@ -674,6 +682,7 @@ impl Drop for Conn<'_> {
         if let Conn::Pooled { conn, pool, .. } = self
             && let Some(conn) = conn.take()
         {
+            conn.statements.reset_all();
             pool.lock().expect("reader pool lock").push(conn);
         }
     }
