@@ -47,8 +47,8 @@ target/debug/chat-router migrate >"$work/m1" &
 m1=$!
 target/debug/chat-router migrate >"$work/m2"
 wait "$m1"
-grep -q '"schemaVersion":4' "$work/m1"
-grep -q '"schemaVersion":4' "$work/m2"
+grep -q '"schemaVersion":5' "$work/m1"
+grep -q '"schemaVersion":5' "$work/m2"
 target/debug/chat-router business create --config tenants/demo.json >"$work/b"
 grep -q '"webhookKey":"crk_' "$work/b"
 echo "sqld migrated twice concurrently and accepted a business"

@@ -1,11 +1,13 @@
-//! The whole product in one process: the webhook, the in-process routing queue, the
-//! router with its classifiers, the WebSocket handlers with the in-process connection
-//! registry and sockets, and the periodic sweeper.
+//! The whole product in one process: the webhook, the in-process queue, the router
+//! with its classifiers, the deliverer of callbacks, the WebSocket handlers with the
+//! in-process connection registry and sockets, and the periodic sweeper.
 //! `chat-router serve`, the tests and the benchmarks all start it the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_router::callback::deliver::{Deliverer, DeliverySettings, Jobs};
+use chat_router::callback::secret::EncryptionKey;
 use chat_router::classify::Chain;
 use chat_router::events::{LocalNotifier, Notifier};
 use chat_router::queue::local::LocalQueue;
@@ -39,6 +41,11 @@ pub struct Settings {
     pub workers: usize,
     /// How long an agent stays available after their last frame.
     pub lease: Duration,
+    /// How callbacks are sent and retried. Local runs allow loopback receivers
+    /// (for endpoints configured with `--allow-loopback`).
+    pub delivery: DeliverySettings,
+    /// Decrypts businesses' signing secrets; without it deliveries wait, pending.
+    pub callback_key: Option<EncryptionKey>,
 }
 
 impl Default for Settings {
@@ -49,6 +56,11 @@ impl Default for Settings {
             sweep_every: SWEEP_EVERY,
             workers: ROUTING_WORKERS,
             lease: chat_router::realtime::DEFAULT_LEASE,
+            delivery: DeliverySettings {
+                allow_loopback: true,
+                ..DeliverySettings::default()
+            },
+            callback_key: None,
         }
     }
 }
@@ -68,7 +80,9 @@ pub struct App {
     pub sockets: Arc<LocalSockets>,
     /// The router the queue feeds.
     pub router: Arc<Router>,
-    /// The in-process routing queue.
+    /// Sends callbacks, when a key was given.
+    pub deliverer: Option<Arc<Deliverer>>,
+    /// The in-process queue of routing jobs and deliveries.
     pub queue: LocalQueue,
     /// The HTTP handler, enqueueing to `queue`.
     pub webhook: Webhook,
@@ -85,12 +99,22 @@ impl App {
         let sockets = Arc::new(LocalSockets::new());
         let to_sockets = Realtime::notifier(store.clone(), registry.clone(), sockets.clone());
         let both: Vec<Arc<dyn Notifier>> = vec![to_sockets.clone(), Arc::new(notifier.clone())];
+        let both: Arc<dyn Notifier> = Arc::new(Notifiers(both));
         let router = Arc::new(Router::new(
             store.clone(),
             Arc::new(chain),
-            Arc::new(Notifiers(both)),
+            both.clone(),
             settings.max_attempts,
         ));
+        let deliverer = settings.callback_key.clone().and_then(|key| {
+            match Deliverer::new(store.clone(), both, key, settings.delivery.clone()) {
+                Ok(deliverer) => Some(Arc::new(deliverer)),
+                Err(err) => {
+                    tracing::error!(cause = %chat_router::error::chain(&err), "deliveries disabled");
+                    None
+                }
+            }
+        });
         let realtime = Arc::new(Realtime::new(
             store.clone(),
             router.clone(),
@@ -99,7 +123,9 @@ impl App {
             to_sockets,
             settings.lease,
         ));
-        let queue = LocalQueue::start(router.clone(), settings.workers);
+        let jobs = Arc::new(Jobs::new(router.clone(), deliverer.clone()));
+        let queue = LocalQueue::start(jobs, settings.workers);
+        router.deliver_through(Arc::new(queue.clone()));
         let webhook = Webhook::new(store.clone(), Arc::new(queue.clone()));
         let sweeper = tokio::spawn(sweep_periodically(
             router.clone(),
@@ -118,6 +144,7 @@ impl App {
             registry,
             sockets,
             router,
+            deliverer,
             queue,
             webhook,
             sweeper,
@@ -133,6 +160,7 @@ impl App {
                 self.realtime.clone(),
                 self.sockets.clone(),
             )),
+            demo_receiver: None,
         }
     }
 

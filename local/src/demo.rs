@@ -1,5 +1,15 @@
-//! The demo tenant that `chat-router serve --demo` sets up.
+//! The demo tenant that `chat-router serve --demo` sets up, and the callback receiver
+//! its deliveries go to.
 
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chat_router::callback::endpoint::{self, DeliveryEvent, EndpointError, EndpointRequest};
+use chat_router::callback::secret::EncryptionKey;
+use chat_router::callback::{DELIVERY_HEADER, SIGNATURE_HEADER, signature};
 use chat_router::store::{Context, Store, StoreError};
 use chat_router::tenants::{self, AdminError, BusinessConfig, DEFAULT_CAPACITY};
 use serde::Serialize;
@@ -130,4 +140,88 @@ async fn agents_of(store: &Store, business_id: &str) -> Result<Vec<(String, Stri
         ));
     }
     Ok(agents)
+}
+
+/// Where `serve --demo`'s built-in callback receiver listens on the local gateway.
+pub const CALLBACK_PATH: &str = "/demo/callback";
+
+/// Points the demo business's callback at the built-in receiver on `addr` (a loopback
+/// address, allowed explicitly for this endpoint), with every event and a fresh
+/// signing secret, which the receiver checks deliveries with.
+pub async fn configure_callback(
+    store: &Store,
+    key: &EncryptionKey,
+    business_id: &str,
+    addr: std::net::SocketAddr,
+) -> Result<Receiver, EndpointError> {
+    let configured = endpoint::configure(
+        store,
+        key,
+        &EndpointRequest {
+            business_id: business_id.to_owned(),
+            url: format!("http://{addr}{CALLBACK_PATH}"),
+            events: vec![
+                DeliveryEvent::Message,
+                DeliveryEvent::Closed,
+                DeliveryEvent::Transferred,
+            ],
+            allow_loopback: true,
+            rotate_secret: true,
+        },
+    )
+    .await?;
+    Ok(Receiver {
+        secret: Arc::new(configured.secret.unwrap_or_default()),
+    })
+}
+
+/// The demo's callback receiver: what a business's own system would do with a
+/// delivery.
+#[derive(Clone)]
+pub struct Receiver {
+    secret: Arc<String>,
+}
+
+/// Checks a delivery's signature and prints it on standard output as one JSON line,
+/// `{"demoDelivery": {"verified", "deliveryId", "body"}}`. The message text is the
+/// point of the demo, so it is printed here, and never logged. A bad signature is
+/// answered 401, which fails the delivery and tells the agent.
+pub async fn receive(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let signature_header = header(SIGNATURE_HEADER);
+    let delivery_id = header(DELIVERY_HEADER);
+    let verified = signature::verify(
+        receiver.secret.as_bytes(),
+        &signature_header,
+        &body,
+        chrono::Utc::now().timestamp(),
+        signature::DEFAULT_TOLERANCE,
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let line = serde_json::json!({
+        "demoDelivery": {
+            "verified": verified.is_ok(),
+            "deliveryId": delivery_id,
+            "body": parsed,
+        }
+    });
+    // Nobody reading standard output is no reason to refuse the delivery.
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    match verified {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(err) => {
+            tracing::warn!(delivery = %delivery_id, cause = %err, "demo receiver refused a delivery");
+            StatusCode::UNAUTHORIZED
+        }
+    }
 }

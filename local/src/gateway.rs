@@ -31,11 +31,17 @@ pub struct Gateway {
     pub webhook: Webhook,
     /// The WebSocket routes.
     pub ws: Option<crate::ws::WsState>,
+    /// `serve --demo`'s callback receiver at [`crate::demo::CALLBACK_PATH`].
+    pub demo_receiver: Option<crate::demo::Receiver>,
 }
 
 impl From<Webhook> for Gateway {
     fn from(webhook: Webhook) -> Gateway {
-        Gateway { webhook, ws: None }
+        Gateway {
+            webhook,
+            ws: None,
+            demo_receiver: None,
+        }
     }
 }
 
@@ -55,6 +61,16 @@ pub fn router(gateway: impl Into<Gateway>) -> Router {
                         .delete(crate::ws::delete),
                 )
                 .with_state(ws),
+        );
+    }
+    if let Some(receiver) = gateway.demo_receiver {
+        router = router.merge(
+            Router::new()
+                .route(
+                    crate::demo::CALLBACK_PATH,
+                    axum::routing::post(crate::demo::receive),
+                )
+                .with_state(receiver),
         );
     }
     router.fallback(forward).with_state(gateway.webhook)

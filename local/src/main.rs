@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use chat_router::callback::deliver::{Deliverer, Jobs};
+use chat_router::callback::endpoint::{self, DeliveryEvent, EndpointError, EndpointRequest};
+use chat_router::callback::secret::EncryptionKey;
 use chat_router::callback::signature::{self, DEFAULT_TOLERANCE, SignatureHeader};
 use chat_router::classify::{Chain, llm::LlmConfig};
 use chat_router::config::{Config, DEFAULT_SWEEP_AFTER};
 use chat_router::events::LocalNotifier;
 use chat_router::ingest::Job;
 use chat_router::queue::sqs::SqsQueue;
-use chat_router::queue::{JobQueue, QueueError};
+use chat_router::queue::{JobHandler, JobQueue, QueueError};
 use chat_router::routing::Router;
 use chat_router::store::Store;
 use chat_router::tenants::{self, BusinessConfig, DEFAULT_CAPACITY};
@@ -167,6 +170,29 @@ enum BusinessCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Set where a business's deliveries go; prints the endpoint, with the signing
+    /// secret when it was made now (the first time, or with --rotate-secret). Needs
+    /// CALLBACK_SECRET_KEY. The URL is checked without connecting to it.
+    Callback(CallbackArgs),
+}
+
+#[derive(clap::Args)]
+struct CallbackArgs {
+    #[arg(long)]
+    business: String,
+    /// An https URL whose host is, and resolves to, public addresses only.
+    #[arg(long)]
+    url: String,
+    /// Make a new signing secret; the old one stops signing at once.
+    #[arg(long)]
+    rotate_secret: bool,
+    /// What to deliver, comma separated: message (always), closed, transferred.
+    #[arg(long, default_value = "message")]
+    events: String,
+    /// Allow an http or https URL on a loopback address (local runs only: deliveries
+    /// on AWS never go to loopback).
+    #[arg(long)]
+    allow_loopback: bool,
 }
 
 #[derive(Subcommand)]
@@ -255,6 +281,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("parsing {}", path.display()))?;
             let store = Store::open(config()?.database).await?;
             print(json!(tenants::create_business(&store, &business).await?));
+        }
+        Command::Business {
+            command: BusinessCommand::Callback(args),
+        } => {
+            // Everything that can be checked without the database comes first, so a
+            // refused URL never opens (or creates) one.
+            let key = EncryptionKey::from_env()?;
+            let request = EndpointRequest {
+                business_id: args.business,
+                events: DeliveryEvent::parse_list(&args.events)?,
+                url: endpoint::validate_url(&args.url, args.allow_loopback)
+                    .await
+                    .map_err(EndpointError::from)?
+                    .to_string(),
+                allow_loopback: args.allow_loopback,
+                rotate_secret: args.rotate_secret,
+            };
+            let store = Store::open(config()?.database).await?;
+            print(json!(endpoint::configure(&store, &key, &request).await?));
         }
         Command::Agent { command } => {
             let store = Store::open(config()?.database).await?;
@@ -353,7 +398,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         .map(std::time::Duration::from_secs)
                         .or(config.sweep_after)
                         .unwrap_or(app::LOCAL_SWEEP_AFTER);
-                    let queue = HandleNow(router.clone());
+                    let queue = HandleNow(local_jobs(router.clone(), &config)?);
                     router.sweep(&queue, older_than).await?
                 }
             };
@@ -423,7 +468,7 @@ fn verify_callback(args: &VerifyArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open(config.database).await?);
+    let store = Arc::new(Store::open(config.database.clone()).await?);
     let demo = if with_demo {
         demo::ensure(&store).await?
     } else {
@@ -433,6 +478,23 @@ async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Res
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+
+    // The demo's deliveries go to the receiver on this gateway. Without a key of its
+    // own the demo makes one for this run: its secret is made anew on every start.
+    let callback_key = match EncryptionKey::from_env() {
+        Ok(key) => Some(key),
+        Err(_) if demo.is_some() => Some(EncryptionKey::generate()),
+        Err(err) => {
+            tracing::warn!(cause = %err, "deliveries wait until a restart with the key");
+            None
+        }
+    };
+    let demo_receiver = match (&demo, &callback_key) {
+        (Some(demo), Some(key)) => {
+            Some(demo::configure_callback(&store, key, &demo.business_id, local).await?)
+        }
+        _ => None,
+    };
 
     let mut ready = json!({ "listening": local.to_string() });
     if let Some(demo) = &demo {
@@ -445,7 +507,12 @@ async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Res
         );
         ready["demo"] = json!(demo);
         ready["curl"] = json!(curl);
-        eprintln!("\nDemo tenant ready. Post a customer message with:\n\n  {curl}\n");
+        eprintln!(
+            "\nDemo tenant ready. Post a customer message with:\n\n  {curl}\n\n\
+             Agents' replies are delivered to http://{local}{path}, which checks each\n\
+             signature and prints the delivery here.\n",
+            path = demo::CALLBACK_PATH
+        );
     } else if with_demo {
         eprintln!("The database holds other businesses; no demo tenant was created.");
     }
@@ -455,11 +522,15 @@ async fn serve(config: Config, addr: SocketAddr, with_demo: bool) -> anyhow::Res
         max_attempts: config.max_attempts,
         lease: config.agent_lease,
         sweep_after: config.sweep_after.unwrap_or(app::LOCAL_SWEEP_AFTER),
+        delivery: local_delivery(&config),
+        callback_key,
         ..app::Settings::default()
     };
     let app = App::start(store, Chain::standard(LlmConfig::from_env()?)?, &settings);
+    let mut gateway = app.gateway();
+    gateway.demo_receiver = demo_receiver;
     tracing::info!(addr = %local, "listening");
-    gateway::serve(listener, app.gateway(), shutdown_signal())
+    gateway::serve(listener, gateway, shutdown_signal())
         .await
         .context("serving")?;
     // Jobs still queued stay pending in the database; the next start hands them over.
@@ -487,15 +558,38 @@ async fn conversation_business(store: &Store, conversation: &str) -> anyhow::Res
 }
 
 /// For `chat-router sweep` without a queue: handles each job as it is handed over.
-struct HandleNow(Arc<Router>);
+struct HandleNow(Jobs);
 
 #[async_trait]
 impl JobQueue for HandleNow {
     async fn enqueue(&self, job: &Job) -> Result<(), QueueError> {
         self.0
-            .process(job)
+            .handle(job)
             .await
-            .map_err(|err| QueueError(chat_router::error::chain(&err)))
+            .map_err(|err| QueueError(err.to_string()))
+    }
+}
+
+/// Routing and, with CALLBACK_SECRET_KEY, deliveries (loopback receivers allowed, as
+/// in `serve`), handled in this process.
+fn local_jobs(router: Arc<Router>, config: &Config) -> anyhow::Result<Jobs> {
+    let deliverer = match EncryptionKey::from_env() {
+        Ok(key) => Some(Arc::new(Deliverer::new(
+            router.store().clone(),
+            Arc::new(LocalNotifier::default()),
+            key,
+            local_delivery(config),
+        )?)),
+        Err(_) => None,
+    };
+    Ok(Jobs::new(router, deliverer))
+}
+
+/// The configured delivery settings, with loopback receivers allowed: a local run.
+fn local_delivery(config: &Config) -> chat_router::callback::deliver::DeliverySettings {
+    chat_router::callback::deliver::DeliverySettings {
+        allow_loopback: true,
+        ..config.delivery.clone()
     }
 }
 

@@ -574,3 +574,124 @@ async fn routing_commands_make_agents_available_transfer_close_and_sweep() {
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn business_callback_checks_the_url_without_connecting_and_shows_the_secret_once() {
+    use base64::Engine;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("callback.db");
+    let business = json_out(&chat_router(
+        &db,
+        &["business", "create", "--config", &demo_file()],
+    ));
+    let business = business["id"].as_str().unwrap().to_owned();
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let env = [("CALLBACK_SECRET_KEY", key.as_str()), ("RUST_LOG", "debug")];
+    let callback = |extra: &[&str]| {
+        let mut args = vec!["business", "callback", "--business", business.as_str()];
+        args.extend_from_slice(extra);
+        chat_router_env(&db, &args, &env)
+    };
+    // A receiver that must never see a connection: configuring only checks.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let local_url = format!("http://127.0.0.1:{port}/hook");
+
+    // Refused: private, loopback without the flag, link-local, multicast, unspecified,
+    // plain http elsewhere. Literal addresses, so nothing is resolved either.
+    for (url, flag) in [
+        ("https://10.0.0.1/hook", false),
+        ("https://192.168.0.10/hook", false),
+        ("https://172.20.1.1/hook", false),
+        (local_url.as_str(), false),
+        ("https://127.0.0.1/hook", false),
+        ("https://localhost/hook", false),
+        ("https://169.254.169.254/latest/meta-data/", false),
+        ("https://169.254.169.254/latest/meta-data/", true),
+        ("https://[fe80::1]/hook", true),
+        ("https://224.0.0.1/hook", true),
+        ("https://0.0.0.0/hook", true),
+        ("http://hooks.example.com/hook", true),
+    ] {
+        let mut args = vec!["--url", url];
+        if flag {
+            args.push("--allow-loopback");
+        }
+        let output = callback(&args);
+        assert_eq!(output.status.code(), Some(1), "{url} was accepted");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).starts_with("error: "),
+            "{url}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.stdout.is_empty());
+    }
+    let store = chat_router::store::Store::open(chat_router::store::Location::Local(db.clone()))
+        .await
+        .unwrap();
+    let stored = r#"SELECT count(*) FROM "CallbackEndpoint""#;
+    assert_eq!(common::count(&store, stored).await, 0);
+
+    // Without the key nothing can be stored.
+    let output = chat_router(
+        &db,
+        &[
+            "business",
+            "callback",
+            "--business",
+            &business,
+            "--url",
+            &local_url,
+            "--allow-loopback",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("CALLBACK_SECRET_KEY"));
+    assert!(
+        !callback(&[
+            "--url",
+            &local_url,
+            "--allow-loopback",
+            "--events",
+            "opened"
+        ])
+        .status
+        .success()
+    );
+
+    // Accepted: the secret is printed the first time only, and again when rotated.
+    let first = callback(&[
+        "--url",
+        &local_url,
+        "--allow-loopback",
+        "--events",
+        "closed",
+    ]);
+    let first_json = json_out(&first);
+    let secret = first_json["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(first_json["events"], json!(["message", "closed"]));
+    assert_eq!(first_json["allowLoopback"], true);
+    assert!(!String::from_utf8_lossy(&first.stderr).contains(&secret));
+    let again = json_out(&callback(&["--url", &local_url, "--allow-loopback"]));
+    assert!(again.get("secret").is_none());
+    assert_eq!(again["events"], json!(["message"]));
+    let rotated = json_out(&callback(&[
+        "--url",
+        &local_url,
+        "--allow-loopback",
+        "--rotate-secret",
+    ]));
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+
+    let ciphertext = common::column(&store, r#"SELECT "secret" FROM "CallbackEndpoint""#).await;
+    assert_eq!(ciphertext.len(), 1);
+    assert!(ciphertext[0].starts_with("v1:") && !ciphertext[0].contains(new_secret));
+    assert!(
+        matches!(listener.accept(), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+        "the command connected to the URL"
+    );
+}

@@ -504,3 +504,76 @@ async fn the_sdk_delivers_through_the_local_management_api_and_gone_connections_
     }
     assert_eq!(app.registry.all().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_demo_delivers_an_agents_reply_to_its_built_in_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let (child, ready, lines) = common::spawn_serve_with_output(BIN, &db, &["--demo"]);
+    let serve = Serve {
+        child,
+        addr: ready["listening"].as_str().unwrap().to_owned(),
+    };
+    let addr = serve.addr.as_str();
+    let demo = &ready["demo"];
+    let business = demo["businessId"].as_str().unwrap();
+
+    // Every demo agent connects and says they are ready.
+    let mut sockets = Vec::new();
+    for agent in demo["agents"].as_array().unwrap() {
+        let mut ws = open(addr, agent["token"].as_str().unwrap()).await;
+        send(&mut ws, json!({"action": "sync"})).await;
+        until(&mut ws, "sync.result").await;
+        sockets.push((agent["id"].as_str().unwrap().to_owned(), ws));
+    }
+
+    // A customer writes; whoever gets the conversation replies.
+    let receipt = post(
+        addr,
+        demo["webhookKey"].as_str().unwrap(),
+        business,
+        "cust-demo",
+        "I want to know the price",
+    )
+    .await;
+    let conversation = receipt["conversationId"].as_str().unwrap().to_owned();
+    let store = chat_router::store::Store::open(chat_router::store::Location::Local(db.clone()))
+        .await
+        .unwrap();
+    let mut assigned = None;
+    for _ in 0..200 {
+        assigned = common::column(
+            &store,
+            &format!(
+                r#"SELECT "assignedAgentId" FROM "Conversation"
+                   WHERE "id" = '{conversation}' AND "assignedAgentId" IS NOT NULL"#
+            ),
+        )
+        .await
+        .pop();
+        if assigned.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let assigned = assigned.expect("a demo agent gets the conversation");
+    let (_, ws) = sockets.iter_mut().find(|(id, _)| *id == assigned).unwrap();
+    send(
+        ws,
+        json!({"action": "sendmessage", "conversationId": conversation, "content": "It is 20 euros."}),
+    )
+    .await;
+    until(ws, "ack").await;
+
+    // The built-in receiver checked the signature and printed the delivery.
+    let printed = tokio::task::spawn_blocking(move || lines.recv_timeout(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("the demo receiver prints the delivery");
+    let delivery = &printed["demoDelivery"];
+    assert_eq!(delivery["verified"], true);
+    assert_eq!(delivery["body"]["event"], "message");
+    assert_eq!(delivery["body"]["conversationId"], conversation.as_str());
+    assert_eq!(delivery["body"]["message"]["content"], "It is 20 euros.");
+    assert_eq!(delivery["deliveryId"], delivery["body"]["deliveryId"]);
+}

@@ -46,6 +46,10 @@ pub struct Config {
     /// `AGENT_LEASE_SECONDS`: how long an agent stays available after their last
     /// frame.
     pub agent_lease: Duration,
+    /// `DELIVERY_MAX_ATTEMPTS`, `DELIVERY_FIRST_RETRY_MS` and
+    /// `DELIVERY_MAX_RETRY_SECONDS`: how callbacks are retried. Loopback receivers
+    /// are never allowed from here; `chat-router serve` allows them itself.
+    pub delivery: crate::callback::deliver::DeliverySettings,
 }
 
 impl Config {
@@ -100,7 +104,18 @@ impl Config {
         let agent_lease = number(&lookup, "AGENT_LEASE_SECONDS", 1..=3_600)?
             .map(Duration::from_secs)
             .unwrap_or(crate::realtime::DEFAULT_LEASE);
+        let mut delivery = crate::callback::deliver::DeliverySettings::default();
+        if let Some(n) = number(&lookup, "DELIVERY_MAX_ATTEMPTS", 1..=100)? {
+            delivery.max_attempts = n as u32;
+        }
+        if let Some(ms) = number(&lookup, "DELIVERY_FIRST_RETRY_MS", 1..=3_600_000)? {
+            delivery.first_retry = Duration::from_millis(ms);
+        }
+        if let Some(secs) = number(&lookup, "DELIVERY_MAX_RETRY_SECONDS", 1..=86_400)? {
+            delivery.max_retry = Duration::from_secs(secs);
+        }
         Ok(Config {
+            delivery,
             database,
             routing_queue_url,
             max_attempts,
@@ -211,12 +226,28 @@ mod tests {
         assert_eq!(set.max_attempts, 3);
         assert_eq!(set.sweep_after, Some(Duration::from_secs(30)));
 
+        assert_eq!(defaults.delivery.max_attempts, 8);
+        assert!(!defaults.delivery.allow_loopback);
+        let delivery = config(&[
+            ("DELIVERY_MAX_ATTEMPTS", "3"),
+            ("DELIVERY_FIRST_RETRY_MS", "20"),
+            ("DELIVERY_MAX_RETRY_SECONDS", "2"),
+        ])
+        .unwrap()
+        .delivery;
+        assert_eq!(delivery.max_attempts, 3);
+        assert_eq!(delivery.first_retry, Duration::from_millis(20));
+        assert_eq!(delivery.max_retry, Duration::from_secs(2));
+
         for (variable, value) in [
             ("ROUTING_MAX_ATTEMPTS", "0"),
             ("ROUTING_MAX_ATTEMPTS", "many"),
             ("SWEEP_AFTER_SECONDS", "-1"),
             ("AGENT_LEASE_SECONDS", "0"),
             ("WEBSOCKET_ENDPOINT", "wss://x"),
+            ("DELIVERY_MAX_ATTEMPTS", "0"),
+            ("DELIVERY_FIRST_RETRY_MS", "soon"),
+            ("DELIVERY_MAX_RETRY_SECONDS", "0"),
         ] {
             let err = config(&[(variable, value)]).unwrap_err();
             assert_eq!(err.variable, variable);

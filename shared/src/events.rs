@@ -1,5 +1,5 @@
 //! What agents are told as conversations move: routed, assigned, new messages, closed,
-//! transferred.
+//! transferred; and when a callback to their business was given up.
 //!
 //! An [`Event`] names its audience (agents of the business in some departments, plus
 //! some agents by id) and carries the frame those agents receive. A [`Notifier`] gets it
@@ -110,6 +110,27 @@ pub enum Frame {
         /// Where it came from.
         from_department: String,
     },
+    /// A callback to the business could not be delivered and was given up: the
+    /// business did not receive the agent's reply (or the closed or transferred
+    /// event). Shaped like the `error` frame that answers a refused action, with
+    /// `code` `delivery_failed`, `action` null, and what failed.
+    #[serde(rename = "error", rename_all = "camelCase")]
+    DeliveryFailed {
+        /// Always `delivery_failed`.
+        code: &'static str,
+        /// For people: which delivery failed and why, without any message text.
+        message: String,
+        /// Always null: no action of the agent's was refused.
+        action: Option<&'static str>,
+        /// The conversation.
+        conversation_id: String,
+        /// The message the delivery carried.
+        message_id: String,
+        /// The delivery, as its `X-Chat-Router-Delivery` header named it.
+        delivery_id: String,
+        /// `message`, `closed` or `transferred`.
+        event: String,
+    },
 }
 
 impl Frame {
@@ -121,6 +142,7 @@ impl Frame {
             Frame::MessageCreated { .. } => "message.created",
             Frame::Closed { .. } => "conversation.closed",
             Frame::Transferred { .. } => "conversation.transferred",
+            Frame::DeliveryFailed { .. } => "error",
         }
     }
 }

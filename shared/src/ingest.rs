@@ -43,18 +43,64 @@ pub struct Idempotency {
     pub request_hash: [u8; 32],
 }
 
-/// A routing job, as handed to the queue: ids only, never the customer's text.
+/// A job, as handed to the queue: ids only, never the customer's text.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     /// Unique and increasing in order of creation; also the queue's deduplication id.
     pub id: i64,
+    /// What the job does. Queue messages from before deliveries existed have none and
+    /// are routing jobs.
+    #[serde(default)]
+    pub kind: JobKind,
     /// The business.
     pub business_id: String,
-    /// The conversation, which is also the queue's ordering group.
+    /// The conversation; the queue's ordering group comes from it ([`Job::group`]).
     pub conversation_id: String,
     /// The message the job is about.
     pub message_id: String,
+}
+
+/// What a job does; stored in the `Job` table's `kind` column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Route a stored message and tell agents about it.
+    #[default]
+    Message,
+    /// Send a callback to the business (see [`crate::callback::deliver`]).
+    Delivery,
+}
+
+impl JobKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Message => "message",
+            JobKind::Delivery => "delivery",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(text: &str) -> Option<JobKind> {
+        match text {
+            "message" => Some(JobKind::Message),
+            "delivery" => Some(JobKind::Delivery),
+            _ => None,
+        }
+    }
+}
+
+impl Job {
+    /// The queue's ordering group. Routing jobs are grouped by conversation; a
+    /// conversation's deliveries form a lane of their own, so a business's receiver
+    /// that is down holds back its deliveries and never the routing of new messages.
+    pub fn group(&self) -> String {
+        match self.kind {
+            JobKind::Message => self.conversation_id.clone(),
+            JobKind::Delivery => format!("{}:deliver", self.conversation_id),
+        }
+    }
 }
 
 /// Where a stored message went.
@@ -401,6 +447,7 @@ async fn store_message(tx: &Sql<'_>, message: &NewMessage) -> Result<Outcome, St
         },
         job: Job {
             id: job_id,
+            kind: JobKind::Message,
             business_id: business_id.to_owned(),
             conversation_id,
             message_id: message_id.to_owned(),

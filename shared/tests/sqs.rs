@@ -198,6 +198,7 @@ async fn the_webhook_enqueues_and_the_function_fails_only_the_poisoned_jobs() {
     // exist in a group of its own.
     let unknown = serde_json::to_string(&Job {
         id: 999_999,
+        kind: chat_router::ingest::JobKind::Message,
         business_id: business.id.clone(),
         conversation_id: "no-such-conversation".into(),
         message_id: "no-such-message".into(),
@@ -346,4 +347,103 @@ async fn the_sample_sqs_event_runs_through_the_handler() {
         .insert("MessageDeduplicationId".into(), job.id.to_string());
     assert!(failures(&handle_batch(&router, event).await).is_empty());
     assert_eq!(job_status(&store, job.id).await, "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_travel_in_their_own_group_and_the_consumer_sends_them() {
+    use chat_router::callback::deliver::{Deliverer, DeliverySettings, Jobs};
+    use chat_router::callback::endpoint::{self, EndpointRequest};
+    use chat_router::callback::secret::EncryptionKey;
+    use chat_router::queue::JobQueue;
+    use common::receiver::{Script, receiver};
+
+    let moto = Moto::start().await;
+    let sqs = moto.sqs();
+    let url = fifo_queue(&sqs).await;
+    let db = TestDb::new(Backend::File).await;
+    let store = Arc::new(db.store().await);
+    let business = common::demo_business(&store).await;
+    let key = EncryptionKey::generate();
+    let script = Script::default();
+    endpoint::configure(
+        &store,
+        &key,
+        &EndpointRequest {
+            business_id: business.clone(),
+            url: receiver(script.clone()).await,
+            events: vec![],
+            allow_loopback: true,
+            rotate_secret: false,
+        },
+    )
+    .await
+    .unwrap();
+    let agent = tenants::create_agent(&store, &business, "Ann", "Billing", 5)
+        .await
+        .unwrap();
+    let router = Arc::new(router(store.clone()));
+    let queue = Arc::new(SqsQueue::new(sqs.clone(), url.clone()));
+    router.deliver_through(queue.clone());
+    router
+        .agent_available(&agent.id, chat_router::timestamp::now_millis() + 3_600_000)
+        .await
+        .unwrap();
+
+    // The routing job goes to the conversation's group, the reply's delivery to its
+    // delivery lane.
+    let job = common::customer_message(&store, &business, "ana", "I was charged twice").await;
+    queue.enqueue(&job).await.unwrap();
+    router.process(&job).await.unwrap();
+    let me = chat_router::routing::AgentRef {
+        business_id: business.clone(),
+        agent_id: agent.id.clone(),
+        department: "Billing".into(),
+    };
+    router
+        .reply(&me, &job.conversation_id, "Refunded.", None)
+        .await
+        .unwrap();
+    let messages = receive(&sqs, &url, 2).await;
+    let mut groups: Vec<String> = messages
+        .iter()
+        .map(|m| m.attributes().unwrap()[&MessageSystemAttributeName::MessageGroupId].clone())
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            job.conversation_id.clone(),
+            format!("{}:deliver", job.conversation_id)
+        ]
+    );
+
+    // The consumer's handler routes one (already done) and delivers the other.
+    let deliverer = Deliverer::new(
+        store.clone(),
+        Arc::new(LocalNotifier::default()),
+        key,
+        DeliverySettings {
+            allow_loopback: true,
+            ..DeliverySettings::default()
+        },
+    )
+    .unwrap();
+    let jobs = Jobs::new(router.clone(), Some(Arc::new(deliverer)));
+    let event: SqsEvent = serde_json::from_value(json!({
+        "Records": messages.iter().map(record).collect::<Vec<_>>()
+    }))
+    .unwrap();
+    let response = handle_batch(&jobs, event).await;
+    assert!(failures(&response).is_empty());
+    let received = script.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].json()["message"]["content"], "Refunded.");
+    assert_eq!(
+        column(
+            &store,
+            r#"SELECT "status" FROM "Job" WHERE "kind" = 'delivery'"#
+        )
+        .await,
+        vec!["done"]
+    );
 }

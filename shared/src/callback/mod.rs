@@ -1,8 +1,9 @@
 //! Callbacks: how agents' replies reach a business's own systems.
 //!
-//! This module holds the parts every delivery relies on, independent of how
-//! deliveries are queued:
-//!
+//! - [`endpoint`]: a business's callback URL, signing secret and events, and the
+//!   check of a URL when it is configured.
+//! - [`deliver`]: deliveries recorded in the outbox with the reply or change they
+//!   report, and sent, signed, retried and in order per conversation.
 //! - [`signature`]: the `X-Chat-Router-Signature` header, and its check on the
 //!   receiving side.
 //! - [`address`]: which callback URLs and addresses are allowed, and the HTTP client
@@ -12,6 +13,8 @@
 //! What a receiver has to do is written up in `docs/callbacks.md`.
 
 pub mod address;
+pub mod deliver;
+pub mod endpoint;
 pub mod secret;
 pub mod signature;
 

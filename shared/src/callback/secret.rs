@@ -125,6 +125,14 @@ impl EncryptionKey {
         }
     }
 
+    /// A random key, for a process that keeps nothing it encrypts past its own life
+    /// (`serve --demo` without `CALLBACK_SECRET_KEY`).
+    pub fn generate() -> EncryptionKey {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        EncryptionKey(key)
+    }
+
     /// Parses standard base64 (as `openssl rand -base64 32` prints it) of 32 bytes.
     pub fn parse(text: &str) -> Result<EncryptionKey, KeyError> {
         let bytes = STANDARD

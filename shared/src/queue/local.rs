@@ -1,6 +1,7 @@
 //! The in-process queue of `chat-router serve`: what SQS FIFO does on AWS, in memory.
 //!
-//! Jobs are grouped by conversation. A group's jobs run one at a time in job-id order
+//! Jobs are grouped by [`Job::group`]: a conversation's routing jobs, or its
+//! deliveries. A group's jobs run one at a time in job-id order
 //! (the order they were stored), and different groups run in parallel on a fixed set
 //! of worker tasks. A job whose handler fails blocks its group until a retry succeeds,
 //! as a failed message blocks its message group on a FIFO queue; retries back off
@@ -107,12 +108,13 @@ impl JobQueue for LocalQueue {
         if !state.queued.insert(job.id) {
             return Ok(());
         }
-        let group = state.groups.entry(job.conversation_id.clone()).or_default();
+        let group_id = job.group();
+        let group = state.groups.entry(group_id.clone()).or_default();
         group.jobs.insert(job.id, job.clone());
         if !group.scheduled {
             group.scheduled = true;
             // Fails only once every worker is gone, when nothing runs anyway.
-            let _ = self.shared.ready.send(job.conversation_id.clone());
+            let _ = self.shared.ready.send(group_id);
         }
         Ok(())
     }
@@ -137,7 +139,8 @@ async fn work(
     }
 }
 
-/// Runs a group's jobs in order until it is empty or one fails.
+/// Runs a group's jobs in order until it is empty or one fails; a failed job is
+/// retried after the delay its handler asked for, else after [`retry_delay`].
 async fn run_group(shared: &Arc<Shared>, handler: &Arc<dyn JobHandler>, group_id: String) {
     loop {
         if *shared.stop.borrow() {
@@ -179,9 +182,12 @@ async fn run_group(shared: &Arc<Shared>, handler: &Arc<dyn JobHandler>, group_id
                     .get_mut(&group_id)
                     .expect("a running group stays");
                 group.failures += 1;
-                let delay = retry_delay(group.failures);
+                let delay = err
+                    .retry_after
+                    .unwrap_or_else(|| retry_delay(group.failures));
                 tracing::warn!(
                     job = job.id,
+                    kind = job.kind.as_str(),
                     conversation = %job.conversation_id,
                     failures = group.failures,
                     retry_ms = delay.as_millis() as u64,

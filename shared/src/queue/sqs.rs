@@ -1,9 +1,9 @@
 //! The AWS side of the queue: sending jobs to an SQS FIFO queue, and handling the
 //! batches Lambda receives from it.
 //!
-//! Each job is one message whose group is the job's conversation, so SQS hands a
-//! conversation's jobs over one at a time, in order, while conversations run in
-//! parallel. The job id is the deduplication id: the sweeper handing a job over again
+//! Each job is one message whose group is [`Job::group`] (the conversation, or the
+//! conversation's delivery lane), so SQS hands a group's jobs over one at a time, in
+//! order, while groups run in parallel. The job id is the deduplication id: the sweeper handing a job over again
 //! within SQS's five-minute deduplication window adds nothing.
 
 use std::collections::HashMap;
@@ -51,7 +51,7 @@ impl JobQueue for SqsQueue {
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(body)
-            .message_group_id(&job.conversation_id)
+            .message_group_id(job.group())
             .message_deduplication_id(job.id.to_string())
             .send()
             .await

@@ -34,7 +34,7 @@ pub mod notifier;
 pub mod poster;
 pub mod protocol;
 pub mod registry;
-mod sync;
+pub(crate) mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -411,6 +411,11 @@ pub async fn from_env(
     let poster: Arc<dyn ConnectionPoster> = Arc::new(ApiGatewayPoster::from_env(endpoint).await);
     let sockets = Realtime::notifier(store.clone(), registry.clone(), poster.clone());
     let router = Arc::new(Router::from_env(store.clone(), config, sockets.clone())?);
+    // Agents' replies, closes and transfers record deliveries; with the routing queue
+    // configured they go there at once, else the sweeper hands them over.
+    if let Some(url) = &config.routing_queue_url {
+        router.deliver_through(Arc::new(crate::queue::sqs::SqsQueue::from_env(url).await));
+    }
     Ok(Realtime::new(
         store,
         router,

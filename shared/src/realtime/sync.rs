@@ -141,11 +141,23 @@ async fn conversations(
 /// A conversation's latest messages, oldest first.
 async fn recent(store: &Store, conversation_id: &str) -> Result<Vec<MessageView>, StoreError> {
     let conn = store.reader().await?;
+    let mut out = latest_messages(&conn, conversation_id, RECENT_MESSAGES).await?;
+    out.reverse();
+    Ok(out)
+}
+
+/// A conversation's latest `limit` messages, newest first, read on `conn` (a
+/// transaction's, where the caller is in one).
+pub(crate) async fn latest_messages(
+    conn: &libsql::Connection,
+    conversation_id: &str,
+    limit: usize,
+) -> Result<Vec<MessageView>, StoreError> {
     let mut rows = conn
         .query(
             r#"SELECT "id", "sender", "content", "sequence", "createdAt" FROM "Message"
                WHERE "conversationId" = ?1 ORDER BY "sequence" DESC LIMIT ?2"#,
-            libsql::params![conversation_id, RECENT_MESSAGES as i64],
+            libsql::params![conversation_id, limit as i64],
         )
         .await
         .context("reading recent messages")?;
@@ -165,6 +177,5 @@ async fn recent(store: &Store, conversation_id: &str) -> Result<Vec<MessageView>
                 .ok_or_else(|| StoreError::Corrupt(format!("unreadable date {created:?}")))?,
         });
     }
-    out.reverse();
     Ok(out)
 }

@@ -86,6 +86,8 @@ impl Router {
     /// becomes theirs first (refused when they are at capacity); a `client_message_id`
     /// seen before in the conversation returns the stored message and stores nothing.
     /// The audience gets `message.created` (and `conversation.assigned` on a take).
+    /// When the business has a callback URL, a delivery of the reply is stored in the
+    /// same transaction and handed to the delivery queue after the commit.
     pub async fn reply(
         &self,
         agent: &AgentRef,
@@ -101,7 +103,7 @@ impl Router {
             if let Some(client_id) = client_message_id
                 && let Some(message) = earlier_reply(sql, agent, conversation_id, client_id).await?
             {
-                return Ok((message, None, None, true));
+                return Ok((message, None, None, true, None));
             }
             let (department, status, _) = authorize(sql, agent, conversation_id).await?;
             let mut taken = None;
@@ -117,11 +119,22 @@ impl Router {
                 &now,
             )
             .await?;
-            Ok::<_, RouteError>((message, Some(department), taken, false))
+            let delivery = crate::callback::deliver::record(
+                &tx,
+                &agent.business_id,
+                conversation_id,
+                crate::callback::endpoint::DeliveryEvent::Message,
+                Some(&message),
+                serde_json::json!({}),
+                self.delivery_enqueued_at(),
+            )
+            .await?;
+            Ok::<_, RouteError>((message, Some(department), taken, false, delivery))
         }
         .await;
-        let (message, department, taken, duplicate) = finish(tx, result).await?;
+        let (message, department, taken, duplicate, delivery) = finish(tx, result).await?;
         drop(conn);
+        self.hand_over(delivery).await;
         let reply = Reply {
             conversation_id: conversation_id.to_owned(),
             message,

@@ -36,7 +36,7 @@ mod agents;
 mod assign;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,11 +47,13 @@ pub use assign::Assignment;
 pub(crate) use assign::{VIEW as VIEW_COLUMNS, view as read_view};
 use assign::{drain, returning_view, view_columns};
 
+use crate::callback::deliver;
+use crate::callback::endpoint::DeliveryEvent;
 use crate::classify::{BusinessProfile, Chain, Classification, ClassifierKind};
 use crate::error::chain;
 use crate::events::{Audience, ConversationView, Event, Frame, MessageView, Notifier, NotifyError};
-use crate::ingest::Job;
-use crate::queue::{JobError, JobHandler, JobQueue};
+use crate::ingest::{Job, JobKind};
+use crate::queue::{JobError, JobHandler, JobQueue, Outbox};
 use crate::store::{Context, Sql, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
@@ -145,6 +147,9 @@ pub struct Router {
     notifier: Arc<dyn Notifier>,
     max_attempts: i64,
     profiles: Mutex<HashMap<String, (Instant, Arc<BusinessProfile>)>>,
+    /// Where deliveries go after their transaction commits; unset, they wait in the
+    /// outbox for the sweeper.
+    deliveries: OnceLock<Arc<dyn JobQueue>>,
 }
 
 impl Router {
@@ -162,6 +167,37 @@ impl Router {
             notifier,
             max_attempts: i64::from(max_attempts.max(1)),
             profiles: Mutex::new(HashMap::new()),
+            deliveries: OnceLock::new(),
+        }
+    }
+
+    /// Hands the deliveries that replies, closes and transfers record to `queue` from
+    /// now on. Set once; later calls change nothing. Without it deliveries are stored
+    /// ready for the next sweep, which hands them over.
+    pub fn deliver_through(&self, queue: Arc<dyn JobQueue>) {
+        let _ = self.deliveries.set(queue);
+    }
+
+    /// The hand-off time to store with a new delivery: now when a queue takes it
+    /// after the commit, else 0 so the next sweep hands it over at once.
+    pub(crate) fn delivery_enqueued_at(&self) -> i64 {
+        if self.deliveries.get().is_some() {
+            timestamp::now_millis()
+        } else {
+            0
+        }
+    }
+
+    /// Hands committed deliveries to the queue; one refused stays pending for the
+    /// sweeper.
+    pub(crate) async fn hand_over(&self, jobs: impl IntoIterator<Item = Job>) {
+        let Some(queue) = self.deliveries.get() else {
+            return;
+        };
+        for job in jobs {
+            if let Err(err) = queue.enqueue(&job).await {
+                tracing::warn!(job = job.id, cause = %chain(&err), "delivery left for the sweeper");
+            }
         }
     }
 
@@ -190,70 +226,21 @@ impl Router {
     /// Handles one job, after any earlier pending jobs of its conversation. `Ok` means
     /// the job is finished (done, or failed for good); an `Err` asks for a retry.
     pub async fn process(&self, job: &Job) -> Result<(), RouteError> {
-        let pending = self.pending_through(job).await?;
-        if pending.is_empty() {
-            // Finished already (a duplicate delivery), or not ours at all.
-            return self.check_finished(job).await;
-        }
-        for earlier in &pending {
-            self.attempt(earlier).await?;
-        }
-        Ok(())
-    }
-
-    /// The conversation's pending jobs up to and including `job`, oldest first.
-    async fn pending_through(&self, job: &Job) -> Result<Vec<Job>, RouteError> {
-        // On the writer, like the job's other reads: its page cache is current, while a
-        // reader's is emptied by every write.
-        let conn = self.store.writer().await?;
-        let mut rows = conn
-            .sql()
-            .query(
-                r#"SELECT "id", "businessId", "messageId" FROM "Job"
-                   WHERE "conversationId" = ?1 AND "status" = 'pending' AND "id" <= ?2
-                   ORDER BY "id" LIMIT 100"#,
-                libsql::params![job.conversation_id.as_str(), job.id],
-            )
-            .await
-            .context("reading pending jobs")?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().await.context("reading pending jobs")? {
-            let found = Job {
-                id: row.get(0).context("reading pending jobs")?,
-                business_id: text(&row, 1)?,
-                conversation_id: job.conversation_id.clone(),
-                message_id: text(&row, 2)?,
-            };
-            if found.business_id != job.business_id
-                || (found.id == job.id && found.message_id != job.message_id)
-            {
-                return Err(RouteError::JobMismatch(job.id));
-            }
-            out.push(found);
-        }
-        Ok(out)
-    }
-
-    async fn check_finished(&self, job: &Job) -> Result<(), RouteError> {
-        let conn = self.store.reader().await?;
-        let mut rows = conn
-            .query(
-                r#"SELECT "businessId", "conversationId", "messageId" FROM "Job" WHERE "id" = ?1"#,
-                libsql::params![job.id],
-            )
-            .await
-            .context("reading a job")?;
-        let Some(row) = rows.next().await.context("reading a job")? else {
-            return Err(RouteError::UnknownJob(job.id));
-        };
-        if text(&row, 0)? != job.business_id
-            || text(&row, 1)? != job.conversation_id
-            || text(&row, 2)? != job.message_id
-        {
+        if job.kind != JobKind::Message {
+            // A delivery is the deliverer's (`callback::deliver::Jobs` dispatches).
             return Err(RouteError::JobMismatch(job.id));
         }
-        tracing::debug!(job = job.id, "job already finished");
-        Ok(())
+        match crate::queue::look_up(&self.store, job).await? {
+            Outbox::Pending(pending) => {
+                for earlier in &pending {
+                    self.attempt(earlier).await?;
+                }
+                Ok(())
+            }
+            Outbox::Finished => Ok(()),
+            Outbox::Unknown => Err(RouteError::UnknownJob(job.id)),
+            Outbox::Mismatch => Err(RouteError::JobMismatch(job.id)),
+        }
     }
 
     /// One counted attempt at one job.
@@ -417,15 +404,7 @@ impl Router {
         let tx = begin(&conn, "starting to fail a job").await?;
         let sql = conn.sql_in(&tx);
         let result = async {
-            let changed = tx
-                .execute(
-                    r#"UPDATE "Job" SET "status" = 'failed', "lastError" = ?2, "updatedAt" = ?3
-                       WHERE "id" = ?1 AND "status" = 'pending'"#,
-                    libsql::params![job.id, error, now.as_str()],
-                )
-                .await
-                .context("failing a job")?;
-            if changed == 0 {
+            if !crate::queue::fail_job(&tx, job.id, error).await? {
                 return Ok(None);
             }
             let Some(fallback) = &fallback else {
@@ -509,7 +488,9 @@ impl Router {
             let Some(last) = stale.last() else { break };
             after = last.0.id;
             for (job, attempts) in stale {
-                if attempts >= self.max_attempts {
+                // A delivery's own limit is enforced by its handler, which also tells
+                // the agent; here it is only handed over.
+                if job.kind == JobKind::Message && attempts >= self.max_attempts {
                     self.give_up(&job, "attempt limit reached; the job was swept")
                         .await?;
                     report.failed += 1;
@@ -561,7 +542,7 @@ impl Router {
         let conn = self.store.reader().await?;
         let mut rows = conn
             .query(
-                r#"SELECT "id", "businessId", "conversationId", "messageId", "attempts" FROM "Job"
+                r#"SELECT "id", "businessId", "conversationId", "messageId", "attempts", "kind" FROM "Job"
                    WHERE "status" = 'pending' AND "id" > ?2 AND "enqueuedAt" <= ?1
                    ORDER BY "id" LIMIT ?3"#,
                 libsql::params![cutoff, after, SWEEP_CHUNK],
@@ -570,9 +551,12 @@ impl Router {
             .context("finding pending jobs")?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().await.context("finding pending jobs")? {
+            let kind = text(&row, 5)?;
             out.push((
                 Job {
                     id: row.get(0).context("finding pending jobs")?,
+                    kind: JobKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("job kind {kind:?}")))?,
                     business_id: text(&row, 1)?,
                     conversation_id: text(&row, 2)?,
                     message_id: text(&row, 3)?,
@@ -672,11 +656,22 @@ impl Router {
             {
                 assigned = drain(sql, business_id, &department, now_ms, &now).await?;
             }
-            Ok((closed, assigned))
+            let delivery = deliver::record(
+                &tx,
+                business_id,
+                conversation_id,
+                DeliveryEvent::Closed,
+                None,
+                serde_json::json!({ "status": "closed", "department": closed.department }),
+                self.delivery_enqueued_at(),
+            )
+            .await?;
+            Ok((closed, assigned, delivery))
         }
         .await;
-        let (closed, assigned) = finish(tx, result).await?;
+        let (closed, assigned, delivery) = finish(tx, result).await?;
         drop(conn);
+        self.hand_over(delivery).await;
         tracing::info!(business = %business_id, conversation = %conversation_id, "closed conversation");
         let mut events = vec![Event {
             audience: audience(
@@ -772,11 +767,22 @@ impl Router {
             {
                 assigned.extend(drain(sql, business_id, &agent_department, now_ms, &now).await?);
             }
-            Ok((from, previous_agent, moved, assigned))
+            let delivery = deliver::record(
+                &tx,
+                business_id,
+                conversation_id,
+                DeliveryEvent::Transferred,
+                None,
+                serde_json::json!({ "department": department, "fromDepartment": from }),
+                self.delivery_enqueued_at(),
+            )
+            .await?;
+            Ok((from, previous_agent, moved, assigned, delivery))
         }
         .await;
-        let (from, previous_agent, moved, assigned) = finish(tx, result).await?;
+        let (from, previous_agent, moved, assigned, delivery) = finish(tx, result).await?;
         drop(conn);
+        self.hand_over(delivery).await;
         tracing::info!(
             business = %business_id,
             conversation = %conversation_id,
@@ -811,7 +817,9 @@ impl Router {
 #[async_trait]
 impl JobHandler for Router {
     async fn handle(&self, job: &Job) -> Result<(), JobError> {
-        self.process(job).await.map_err(|err| JobError(chain(&err)))
+        self.process(job)
+            .await
+            .map_err(|err| JobError::new(chain(&err)))
     }
 }
 

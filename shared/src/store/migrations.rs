@@ -39,10 +39,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "routing: each agent's count of conversations in progress",
         sql: V4,
     },
+    Migration {
+        version: 5,
+        name: "callbacks: businesses' callback endpoints and the deliveries to them",
+        sql: V5,
+    },
 ];
 
 /// The schema version this build reads and writes.
-pub const CURRENT_VERSION: i64 = 4;
+pub const CURRENT_VERSION: i64 = 5;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS "Business" (
@@ -251,6 +256,41 @@ CREATE TRIGGER "Conversation_agent_capacity" BEFORE UPDATE OF "assignedAgentId",
         AND coalesce((SELECT "active" FROM "AgentLoad" WHERE "agentId" = NEW."assignedAgentId"), 0)
             >= (SELECT "capacity" FROM "Agent" WHERE "id" = NEW."assignedAgentId")
     BEGIN SELECT RAISE(ABORT, 'agent_over_capacity'); END
+"#;
+
+/// Callbacks. A business's endpoint holds its URL, its signing secret encrypted under
+/// `CALLBACK_SECRET_KEY` (see `callback::secret`), the events it opted into (a comma
+/// separated list, `message` always among them) and whether loopback URLs are allowed
+/// (local runs only). A delivery is a `Job` of kind `delivery`, so it shares the
+/// outbox, the attempt count, the queue's deduplication by id and the sweeper with
+/// routing; its `Delivery` row holds the body exactly as it is signed and sent, so
+/// every retry sends the same bytes under the same delivery id. The index finds a
+/// conversation's pending jobs of one kind in order.
+const V5: &str = r#"
+CREATE TABLE "CallbackEndpoint" (
+    "businessId" TEXT NOT NULL PRIMARY KEY,
+    "url" TEXT NOT NULL,
+    "secret" TEXT NOT NULL,
+    "events" TEXT NOT NULL DEFAULT 'message',
+    "allowLoopback" BOOLEAN NOT NULL DEFAULT false,
+    "createdAt" DATETIME NOT NULL,
+    "updatedAt" DATETIME NOT NULL,
+    CONSTRAINT "CallbackEndpoint_businessId_fkey" FOREIGN KEY ("businessId") REFERENCES "Business" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+
+CREATE TABLE "Delivery" (
+    "jobId" INTEGER NOT NULL PRIMARY KEY,
+    "deliveryId" TEXT NOT NULL,
+    "event" TEXT NOT NULL,
+    "payload" TEXT NOT NULL,
+    "lastStatus" INTEGER,
+    "deliveredAt" DATETIME,
+    CONSTRAINT "Delivery_jobId_fkey" FOREIGN KEY ("jobId") REFERENCES "Job" ("id") ON DELETE CASCADE ON UPDATE CASCADE
+);
+CREATE UNIQUE INDEX "Delivery_deliveryId_key" ON "Delivery" ("deliveryId");
+
+CREATE INDEX "Job_pending_kind_conversation_idx" ON "Job" ("conversationId", "kind", "id")
+    WHERE "status" = 'pending'
 "#;
 
 /// The table that records applied versions; created before any migration runs.

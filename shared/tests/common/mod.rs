@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -286,6 +288,22 @@ pub async fn customer_message(
 /// extra arguments, on the database at `db`; returns the process and the JSON line it
 /// prints once it listens.
 pub fn spawn_serve(bin: &str, db: &std::path::Path, extra: &[&str]) -> (Child, serde_json::Value) {
+    let (child, ready, _lines) = spawn_serve_with_output(bin, db, extra);
+    (child, ready)
+}
+
+/// [`spawn_serve`], and the JSON lines it prints after the ready line (the demo
+/// receiver's deliveries). Its output is read to the end either way, so the process
+/// never writes into a closed pipe.
+pub fn spawn_serve_with_output(
+    bin: &str,
+    db: &std::path::Path,
+    extra: &[&str],
+) -> (
+    Child,
+    serde_json::Value,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(bin)
         .args(["serve", "--addr", "127.0.0.1:0"])
@@ -296,10 +314,18 @@ pub fn spawn_serve(bin: &str, db: &std::path::Path, extra: &[&str]) -> (Child, s
         .stderr(Stdio::null())
         .spawn()
         .expect("starts chat-router serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("reads the ready line");
+    stdout.read_line(&mut line).expect("reads the ready line");
     let ready = serde_json::from_str(&line).expect("a ready line");
-    (child, ready)
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { return };
+            if let Ok(value) = serde_json::from_str(&line) {
+                let _ = sender.send(value);
+            }
+        }
+    });
+    (child, ready, lines)
 }
