@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks. Usage: scripts/bench.sh ingest|route|realtime [SECONDS]
+# Benchmarks. Usage: scripts/bench.sh ingest|route|realtime|deliver [SECONDS]
 #
 # ingest: starts `chat-router serve --demo` on a fresh local file, drives
 # POST /webhook/message with oha (installed into .tools/ on first use), and prints
@@ -14,6 +14,12 @@
 # conversations routed per second and p50/p99 from the webhook's 202 to the
 # committed assignment, at a steady 1,000/s and 2,000/s, at full speed, and for a
 # backlog of 20,000 stored jobs drained by the router alone.
+#
+# deliver: the whole local product in one process (local/examples/bench_deliver.rs)
+# and a receiver on 127.0.0.1 that verifies every signature: agents' replies to 400
+# assigned conversations become signed deliveries. Prints deliveries per second and
+# p50/p99 from the reply's commit to its receipt, at a steady 1,000 replies/s and at
+# full speed, and fails unless every reply arrived once, signed and in order.
 #
 # realtime: the whole local product in one process (local/examples/bench_realtime.rs)
 # with real WebSocket clients: p50/p99 from the webhook's 202 to the event on the
@@ -36,7 +42,12 @@ case "$what" in
     exec cargo run --quiet --profile fast --locked -p chat-router-local --example bench_realtime \
       -- "$seconds" 200 1000
     ;;
-  *) echo "usage: scripts/bench.sh ingest|route|realtime [SECONDS]" >&2; exit 2 ;;
+  deliver)
+    export RUST_LOG=error
+    exec cargo run --quiet --profile fast --locked -p chat-router-local --example bench_deliver \
+      -- "$seconds" 1000
+    ;;
+  *) echo "usage: scripts/bench.sh ingest|route|realtime|deliver [SECONDS]" >&2; exit 2 ;;
 esac
 
 OHA_VERSION=1.16.0

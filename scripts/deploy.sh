@@ -5,9 +5,10 @@
 # file exists, later runs deploy with it without asking (pass --guided to be asked
 # again); parameters not given then keep the stack's previous values.
 #
-# Guided mode asks for the NoEcho parameters (DatabaseAuthToken, LlmApiKey) itself, with
-# hidden input, and ignores any value given for them here; it takes no empty answer, so
-# type "none" for one you do not use. Never saved to samconfig.toml.
+# Guided mode asks for the NoEcho parameters (DatabaseAuthToken, LlmApiKey,
+# CallbackSecretKey) itself, with hidden input, and ignores any value given for them
+# here; it takes no empty answer, so type "none" for one you do not use. Never saved to
+# samconfig.toml.
 #
 # The parameters come from the environment and are offered as the guided defaults:
 #
@@ -26,6 +27,11 @@
 #                         aarch64-unknown-linux-gnu Rust target for the build).
 #   STAGE_NAME            StageName of the WebSocket API (default prod).
 #   AGENT_LEASE_SECONDS   AgentLeaseSeconds (default 120).
+#   DELIVERY_MAX_ATTEMPTS DeliveryMaxAttempts (default 8).
+#
+# CallbackSecretKey (NoEcho, asked by guided mode like the other secrets) must be the
+# CALLBACK_SECRET_KEY that `chat-router business callback` stored the signing secrets
+# under; "none" leaves deliveries pending.
 #
 # Extra arguments go to `sam deploy` (e.g. --stack-name chat-router --region eu-west-1).
 # AWS credentials come from the usual places (AWS_PROFILE, environment, SSO).
@@ -66,6 +72,7 @@ add LogLevel "${LOG_LEVEL:-}"
 add Architecture "${ARCHITECTURE:-}"
 add StageName "${STAGE_NAME:-}"
 add AgentLeaseSeconds "${AGENT_LEASE_SECONDS:-}"
+add DeliveryMaxAttempts "${DELIVERY_MAX_ATTEMPTS:-}"
 
 # 1. Migrate the remote database with the admin binary (`chat-router migrate` is safe to
 #    repeat). CHAT_ROUTER names a binary already built; otherwise it is built here (a

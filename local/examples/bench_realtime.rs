@@ -13,9 +13,8 @@
 //! An event that reaches the socket before the HTTP client has read the 202 counts as
 //! zero.
 
-/// The allocator `chat-router serve` uses.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[path = "common/mod.rs"]
+mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use chat_router::classify::{Chain, EmbeddedClassifier};
 use chat_router::store::{Location, Store};
 use chat_router::tenants::{self, BusinessConfig};
 use chat_router_local::app::{App, Settings};
+use common::{arg, percentile};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -94,14 +94,6 @@ async fn connect(addr: &str, token: &str, sync: bool) -> anyhow::Result<Ws> {
         }
     }
     Ok(ws)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 struct Row {
@@ -261,8 +253,8 @@ async fn latency(seconds: u64, rate: u32) -> anyhow::Result<Vec<Row>> {
             label: format!("{label}, {rate}/s"),
             count: ms.len(),
             missing,
-            p50: percentile(&ms, 0.5),
-            p99: percentile(&ms, 0.99),
+            p50: percentile(&ms, 50.0),
+            p99: percentile(&ms, 99.0),
             max: ms.last().copied().unwrap_or(f64::NAN),
             target: "p50 <= 5, p99 <= 25".into(),
         });
@@ -368,8 +360,8 @@ async fn fan_out(sockets: usize, rounds: usize) -> anyhow::Result<Row> {
         label: format!("fan-out to {sockets} sockets (last receipt)"),
         count: ms.len(),
         missing,
-        p50: percentile(&ms, 0.5),
-        p99: percentile(&ms, 0.99),
+        p50: percentile(&ms, 50.0),
+        p99: percentile(&ms, 99.0),
         max: ms.last().copied().unwrap_or(f64::NAN),
         target: "<= 250".into(),
     })
@@ -377,10 +369,9 @@ async fn fan_out(sockets: usize, rounds: usize) -> anyhow::Result<Row> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
-    let rate: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(200);
-    let sockets: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let seconds: u64 = arg(1, 10)?;
+    let rate: u32 = arg(2, 200)?;
+    let sockets: usize = arg(3, 1000)?;
 
     let mut rows = latency(seconds, rate).await?;
     rows.push(fan_out(sockets, 20).await?);

@@ -9,6 +9,9 @@
 //! new conversation of the Demo Bank tenant (`tenants/bank.json`) with a text of the
 //! Banking77 subset in `shared/tests/fixtures`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,11 +23,8 @@ use chat_router::store::{Location, Store};
 use chat_router::tenants::{self, BusinessConfig};
 use chat_router::webhook::Webhook;
 use chat_router_local::app::{App, Settings};
+use common::{arg, percentile};
 use serde_json::{Value, json};
-
-/// The allocator `chat-router serve` uses.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BANK: &str = include_str!("../../tenants/bank.json");
 const TEXTS: &str = include_str!("../../shared/tests/fixtures/banking77-subset.csv");
@@ -268,26 +268,10 @@ async fn run(
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10.0);
-    let rate: u32 = std::env::args()
-        .nth(2)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(1000);
+    let seconds: f64 = arg(1, 10.0)?;
+    let rate: u32 = arg(2, 1000)?;
 
     let paced = (rate as f64 * seconds) as usize;
     let mut runs = Vec::new();
