@@ -26,7 +26,7 @@ use chat_router::routing::{AgentRef, Router};
 use chat_router::store::{Location, Store};
 use chat_router::tenants::{self, BusinessConfig};
 use chat_router_local::app::{App, Settings};
-use common::{arg, percentile};
+use common::{arg, percentile, wait_for};
 use serde_json::Value;
 
 const DEMO: &str = include_str!("../../tenants/demo.json");
@@ -276,23 +276,10 @@ async fn run(label: &str, per_conversation: usize, rate: Option<u32>) -> anyhow:
     }
 
     // Wait until every reply arrived (or nothing moves for 15 s).
-    let mut last = (0, Instant::now());
-    loop {
-        let delivered = receiver.received.lock().unwrap().at.len();
-        if delivered >= total {
-            break;
-        }
-        if delivered != last.0 {
-            last = (delivered, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(15) {
-            eprintln!(
-                "bench: {} of {total} deliveries never arrived",
-                total - delivered
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for("deliveries", total, Duration::from_secs(15), || {
+        receiver.received.lock().unwrap().at.len()
+    })
+    .await;
 
     let received = receiver.received.lock().unwrap();
     let stored = stored.lock().unwrap();

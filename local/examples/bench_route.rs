@@ -23,7 +23,7 @@ use chat_router::store::{Location, Store};
 use chat_router::tenants::{self, BusinessConfig};
 use chat_router::webhook::Webhook;
 use chat_router_local::app::{App, Settings};
-use common::{arg, percentile};
+use common::{arg, percentile, wait_for};
 use serde_json::{Value, json};
 
 const BANK: &str = include_str!("../../tenants/bank.json");
@@ -221,28 +221,14 @@ async fn run(
     }
 
     // Wait until every acknowledged conversation is assigned (or nothing moves).
-    let mut last = (0, Instant::now());
-    loop {
-        let assigned = seen
-            .lock()
+    wait_for("conversations", acked, Duration::from_secs(10), || {
+        seen.lock()
             .unwrap()
             .values()
             .filter(|(ack, assigned)| ack.is_some() && assigned.is_some())
-            .count();
-        if assigned >= acked {
-            break;
-        }
-        if assigned != last.0 {
-            last = (assigned, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "bench: {} of {acked} conversations were never assigned",
-                acked - assigned
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+            .count()
+    })
+    .await;
 
     let seen = seen.lock().unwrap();
     let mut latencies_ms = Vec::new();

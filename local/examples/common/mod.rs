@@ -1,4 +1,9 @@
-//! What the benchmarks share: their allocator, arguments and percentiles.
+//! What the benchmarks share: their allocator, arguments, waiting and percentiles.
+//! Each benchmark compiles this module for itself and uses part of it.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
 
 /// The allocator `chat-router serve` uses.
 #[global_allocator]
@@ -24,4 +29,23 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Waits until `count()` reaches `total`, or until it has not moved for `stall`; then
+/// says how many of the `what` never came.
+pub async fn wait_for(what: &str, total: usize, stall: Duration, count: impl Fn() -> usize) {
+    let mut last = (0, Instant::now());
+    loop {
+        let done = count();
+        if done >= total {
+            return;
+        }
+        if done != last.0 {
+            last = (done, Instant::now());
+        } else if last.1.elapsed() > stall {
+            eprintln!("bench: {} of {total} {what} never came", total - done);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
