@@ -26,7 +26,7 @@ use chat_router::routing::{AgentRef, Router};
 use chat_router::store::{Location, Store};
 use chat_router::tenants::{self, BusinessConfig};
 use chat_router_local::app::{App, Settings};
-use common::{arg, percentile, wait_for};
+use common::{arg, available_agents, percentile, wait_for};
 use serde_json::Value;
 
 const DEMO: &str = include_str!("../../tenants/demo.json");
@@ -174,22 +174,8 @@ async fn run(label: &str, per_conversation: usize, rate: Option<u32>) -> anyhow:
         Chain::new(vec![Arc::new(EmbeddedClassifier::default())]),
         &settings,
     );
-    let until = chat_router::timestamp::now_millis() + 3_600_000;
-    let mut agents = HashMap::new();
-    for department in &config.departments {
-        for i in 0..AGENTS_PER_DEPARTMENT {
-            let agent = tenants::create_agent(
-                &store,
-                &business.id,
-                &format!("{} agent {i}", department.name),
-                &department.name,
-                CAPACITY,
-            )
-            .await?;
-            app.router.agent_available(&agent.id, until).await?;
-            agents.insert(agent.id.clone(), department.name.clone());
-        }
-    }
+    let agents =
+        available_agents(&app, &business.id, &config, AGENTS_PER_DEPARTMENT, CAPACITY).await?;
 
     // Conversations, routed and assigned before the clock starts.
     for i in 0..CONVERSATIONS {

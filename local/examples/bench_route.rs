@@ -23,7 +23,7 @@ use chat_router::store::{Location, Store};
 use chat_router::tenants::{self, BusinessConfig};
 use chat_router::webhook::Webhook;
 use chat_router_local::app::{App, Settings};
-use common::{arg, percentile, wait_for};
+use common::{arg, available_agents, percentile, wait_for};
 use serde_json::{Value, json};
 
 const BANK: &str = include_str!("../../tenants/bank.json");
@@ -91,20 +91,7 @@ async fn run(
         Chain::new(vec![Arc::new(EmbeddedClassifier::default())]),
         &settings,
     );
-    let until = chat_router::timestamp::now_millis() + 3_600_000;
-    for department in &config.departments {
-        for i in 0..AGENTS_PER_DEPARTMENT {
-            let agent = tenants::create_agent(
-                &store,
-                &business.id,
-                &format!("{} agent {i}", department.name),
-                &department.name,
-                CAPACITY,
-            )
-            .await?;
-            app.router.agent_available(&agent.id, until).await?;
-        }
-    }
+    available_agents(&app, &business.id, &config, AGENTS_PER_DEPARTMENT, CAPACITY).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhook/message", listener.local_addr()?);
     let webhook = if backlog {

@@ -1,9 +1,14 @@
-//! What the benchmarks share: their allocator, arguments, waiting and percentiles.
+//! What the benchmarks share: their allocator, arguments, agents, waiting and
+//! percentiles.
 //! Each benchmark compiles this module for itself and uses part of it.
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use chat_router::tenants::{self, BusinessConfig};
+use chat_router_local::app::App;
 
 /// The allocator `chat-router serve` uses.
 #[global_allocator]
@@ -48,4 +53,32 @@ pub async fn wait_for(what: &str, total: usize, stall: Duration, count: impl Fn(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Creates `per_department` agents of `capacity` in each department of `config`'s
+/// business, available for the next hour; returns each agent's department by id.
+pub async fn available_agents(
+    app: &App,
+    business_id: &str,
+    config: &BusinessConfig,
+    per_department: usize,
+    capacity: i64,
+) -> anyhow::Result<HashMap<String, String>> {
+    let until = chat_router::timestamp::now_millis() + 3_600_000;
+    let mut agents = HashMap::new();
+    for department in &config.departments {
+        for i in 0..per_department {
+            let agent = tenants::create_agent(
+                app.router.store(),
+                business_id,
+                &format!("{} agent {i}", department.name),
+                &department.name,
+                capacity,
+            )
+            .await?;
+            app.router.agent_available(&agent.id, until).await?;
+            agents.insert(agent.id, department.name.clone());
+        }
+    }
+    Ok(agents)
 }

@@ -370,30 +370,12 @@ impl Deliverer {
     /// Counts an attempt at a pending delivery and reads it with its endpoint, in one
     /// transaction. `None` if it is no longer pending.
     async fn start(&self, job: &Job) -> Result<Option<Started>, DeliveryError> {
-        let now = timestamp::now();
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting a delivery").await?;
         let result = async {
-            let mut rows = tx
-                .query(
-                    r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
-                       WHERE "id" = ?1 AND "status" = 'pending' AND "kind" = 'delivery'
-                       RETURNING "attempts""#,
-                    libsql::params![job.id, now.as_str()],
-                )
-                .await
-                .context("counting a delivery attempt")?;
-            let Some(row) = rows.next().await.context("counting a delivery attempt")? else {
+            let Some(attempts) = crate::queue::count_attempt(conn.sql_in(&tx), job).await? else {
                 return Ok(None);
             };
-            let attempts: i64 = row.get(0).context("counting a delivery attempt")?;
-            while rows
-                .next()
-                .await
-                .context("counting a delivery attempt")?
-                .is_some()
-            {}
-            drop(rows);
             let mut rows = tx
                 .query(
                     r#"SELECT d."deliveryId", d."payload", e."url", e."secret", e."allowLoopback"

@@ -12,7 +12,7 @@ pub mod sqs;
 use async_trait::async_trait;
 
 use crate::ingest::Job;
-use crate::store::{Context, Store, StoreError, text};
+use crate::store::{Context, Sql, Store, StoreError, text};
 
 /// Why a job could not be handed on.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,27 @@ pub(crate) async fn look_up(store: &Store, job: &Job) -> Result<Outbox, StoreErr
         "job already finished"
     );
     Ok(Outbox::Finished)
+}
+
+/// Counts an attempt at a pending job of its kind, in the caller's transaction, before
+/// the work starts; returns the attempts so far, or `None` when the job is no longer
+/// pending.
+pub(crate) async fn count_attempt(sql: Sql<'_>, job: &Job) -> Result<Option<i64>, StoreError> {
+    let mut rows = sql
+        .query(
+            r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
+               WHERE "id" = ?1 AND "status" = 'pending' AND "kind" = ?3 RETURNING "attempts""#,
+            libsql::params![job.id, crate::timestamp::now(), job.kind.as_str()],
+        )
+        .await
+        .context("counting an attempt")?;
+    let attempts = match rows.next().await.context("counting an attempt")? {
+        Some(row) => Some(row.get::<i64>(0).context("counting an attempt")?),
+        None => None,
+    };
+    // Stepping to the end finishes the statement before the next one.
+    while rows.next().await.context("counting an attempt")?.is_some() {}
+    Ok(attempts)
 }
 
 /// Marks a pending job failed for good with its last error, on `conn` (a transaction's

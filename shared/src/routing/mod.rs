@@ -283,25 +283,13 @@ impl Router {
         &self,
         job: &Job,
     ) -> Result<Option<(i64, Result<Loaded, RouteError>)>, RouteError> {
-        let now = timestamp::now();
         let conn = self.store.writer().await?;
         let tx = begin(&conn, "starting a job").await?;
         let sql = conn.sql_in(&tx);
         let result = async {
-            let mut rows = sql
-                .query(
-                    r#"UPDATE "Job" SET "attempts" = "attempts" + 1, "updatedAt" = ?2
-                       WHERE "id" = ?1 AND "status" = 'pending' RETURNING "attempts""#,
-                    libsql::params![job.id, now.as_str()],
-                )
-                .await
-                .context("counting an attempt")?;
-            let Some(row) = rows.next().await.context("counting an attempt")? else {
+            let Some(attempts) = crate::queue::count_attempt(sql, job).await? else {
                 return Ok(None);
             };
-            let attempts: i64 = row.get(0).context("counting an attempt")?;
-            // Stepping to the end finishes the statement before the next one.
-            while rows.next().await.context("counting an attempt")?.is_some() {}
             Ok::<_, RouteError>(Some((attempts, load(sql, job).await)))
         }
         .await;

@@ -264,8 +264,10 @@ CREATE TRIGGER "Conversation_agent_capacity" BEFORE UPDATE OF "assignedAgentId",
 /// (local runs only). A delivery is a `Job` of kind `delivery`, so it shares the
 /// outbox, the attempt count, the queue's deduplication by id and the sweeper with
 /// routing; its `Delivery` row holds the body exactly as it is signed and sent, so
-/// every retry sends the same bytes under the same delivery id. The index finds a
-/// conversation's pending jobs of one kind in order.
+/// every retry sends the same bytes under the same delivery id. The new index finds a
+/// conversation's pending jobs of one kind in order; it replaces migration 2's index
+/// of pending jobs by conversation, which nothing reads any more and every job write
+/// kept up.
 const V5: &str = r#"
 CREATE TABLE "CallbackEndpoint" (
     "businessId" TEXT NOT NULL PRIMARY KEY,
@@ -290,7 +292,9 @@ CREATE TABLE "Delivery" (
 CREATE UNIQUE INDEX "Delivery_deliveryId_key" ON "Delivery" ("deliveryId");
 
 CREATE INDEX "Job_pending_kind_conversation_idx" ON "Job" ("conversationId", "kind", "id")
-    WHERE "status" = 'pending'
+    WHERE "status" = 'pending';
+
+DROP INDEX "Job_pending_conversation_idx"
 "#;
 
 /// The table that records applied versions; created before any migration runs.
