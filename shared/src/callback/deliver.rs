@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use libsql::Connection;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::json;
@@ -51,7 +50,7 @@ use crate::events::{Audience, Event, Frame, MessageView, Notifier};
 use crate::ingest::{Job, JobKind};
 use crate::queue::{JobError, JobHandler, Outbox};
 use crate::routing::Router;
-use crate::store::{Context, Store, StoreError, begin, finish, text};
+use crate::store::{Context, Sql, Store, StoreError, begin, finish, text};
 use crate::timestamp;
 
 /// Default for `DELIVERY_MAX_ATTEMPTS`.
@@ -109,7 +108,7 @@ pub enum DeliveryError {
 /// takes the conversation's latest message. `extra` fields join the body's top level.
 /// `enqueued_at` is the job's hand-off time (0 lets the next sweep take it).
 pub(crate) async fn record(
-    conn: &Connection,
+    sql: Sql<'_>,
     business_id: &str,
     conversation_id: &str,
     event: DeliveryEvent,
@@ -117,7 +116,7 @@ pub(crate) async fn record(
     extra: serde_json::Value,
     enqueued_at: i64,
 ) -> Result<Option<Job>, StoreError> {
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"SELECT e."events", c."customerId" FROM "CallbackEndpoint" e
                JOIN "Conversation" c ON c."businessId" = e."businessId"
@@ -142,7 +141,8 @@ pub(crate) async fn record(
     let message = match message {
         Some(message) => message.clone(),
         None => {
-            let latest = crate::realtime::sync::latest_messages(conn, conversation_id, 1).await?;
+            let latest =
+                crate::realtime::sync::latest_messages(sql.conn(), conversation_id, 1).await?;
             match latest.into_iter().next() {
                 Some(message) => message,
                 None => return Ok(None),
@@ -170,7 +170,7 @@ pub(crate) async fn record(
     let payload = body.to_string();
 
     let now = timestamp::now();
-    let mut rows = conn
+    let mut rows = sql
         .query(
             r#"INSERT INTO "Job" ("kind", "businessId", "conversationId", "messageId", "createdAt", "updatedAt", "enqueuedAt")
                VALUES ('delivery', ?1, ?2, ?3, ?4, ?4, ?5) RETURNING "id""#,
@@ -193,7 +193,7 @@ pub(crate) async fn record(
         .context("storing a delivery")?;
     while rows.next().await.context("storing a delivery")?.is_some() {}
     drop(rows);
-    conn.execute(
+    sql.execute(
         r#"INSERT INTO "Delivery" ("jobId", "deliveryId", "event", "payload") VALUES (?1, ?2, ?3, ?4)"#,
         libsql::params![job_id, delivery_id.as_str(), event.as_str(), payload],
     )

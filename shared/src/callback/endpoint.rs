@@ -67,7 +67,7 @@ impl DeliveryEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The URL is refused.
-    #[error("callback URL refused: {0}")]
+    #[error("callback URL refused")]
     Address(#[from] AddressError),
     /// No such business.
     #[error("no such business")]

@@ -120,7 +120,7 @@ impl Router {
             )
             .await?;
             let delivery = crate::callback::deliver::record(
-                &tx,
+                sql,
                 &agent.business_id,
                 conversation_id,
                 crate::callback::endpoint::DeliveryEvent::Message,

@@ -645,7 +645,7 @@ impl Router {
                 assigned = drain(sql, business_id, &department, now_ms, &now).await?;
             }
             let delivery = deliver::record(
-                &tx,
+                sql,
                 business_id,
                 conversation_id,
                 DeliveryEvent::Closed,
@@ -756,7 +756,7 @@ impl Router {
                 assigned.extend(drain(sql, business_id, &agent_department, now_ms, &now).await?);
             }
             let delivery = deliver::record(
-                &tx,
+                sql,
                 business_id,
                 conversation_id,
                 DeliveryEvent::Transferred,
